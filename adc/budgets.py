@@ -1,0 +1,143 @@
+"""Resource budgets: parse ``flops=0.5`` / ``params=1.5M``, price policies, refuse the unreachable.
+
+A budget metric is a factory ``(graph, **context) -> price`` where ``price(kept)``
+returns the metric for a vector of kept channels per unit, fast enough to call
+several times per environment step (the search clips every action with it).
+``flops``, ``macs`` and ``params`` are analytic (:mod:`adc.cost`); latency and
+energy plug into the same registry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adc.cost import cost_of_kept
+from adc.errors import AdcError
+from adc.graph import ModelGraph
+from adc.registry import Registry
+
+Price = Callable[[np.ndarray], float]
+BUDGET_METRICS: Registry[Callable[..., Price]] = Registry("budget")
+
+SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+@BUDGET_METRICS.register("flops")
+def _flops(graph: ModelGraph, **_: Any) -> Price:
+    """FLOPs per sample, 2 x MACs (FlopCounterMode's convention)."""
+    return lambda kept: float(cost_of_kept(graph, kept).flops)
+
+
+@BUDGET_METRICS.register("macs")
+def _macs(graph: ModelGraph, **_: Any) -> Price:
+    """Multiply-accumulates per sample."""
+    return lambda kept: float(cost_of_kept(graph, kept).macs)
+
+
+@BUDGET_METRICS.register("params")
+def _params(graph: ModelGraph, **_: Any) -> Price:
+    """Trainable parameters."""
+    return lambda kept: float(cost_of_kept(graph, kept).params)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A parsed ``KEY=VALUE`` budget: a fraction of the original, or an absolute amount."""
+
+    key: str
+    value: float
+    relative: bool
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value:g}" if self.relative else f"{self.key}={self.value:.4g}"
+
+
+@dataclass
+class Budget:
+    """A budget resolved against one model.
+
+    Attributes:
+        key: Metric name (``flops``, ``params``...).
+        limit: The absolute limit, in the metric's units.
+        original: The unpruned model's value.
+        price: ``price(kept)`` -> metric value.
+    """
+
+    key: str
+    limit: float
+    original: float
+    price: Price
+
+    @property
+    def fraction(self) -> float:
+        """The limit as a fraction of the unpruned model."""
+        return self.limit / self.original
+
+
+def parse_budget(text: str) -> BudgetSpec:
+    """Parse ``flops=0.5`` (fraction), ``flops=120M`` or ``params=1.5e6`` (absolute).
+
+    Raises:
+        AdcError: for an unknown key or a malformed / non-positive value.
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip().lower()
+    if not sep or not key or not value.strip():
+        raise AdcError(f"budget {text!r}: expected KEY=VALUE such as flops=0.5 or params=1.5M; keys: {', '.join(BUDGET_METRICS.names())}")
+    if key not in BUDGET_METRICS:
+        raise AdcError(f"budget {text!r}: unknown key {key!r}; valid: {', '.join(BUDGET_METRICS.names())}")
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGT]?)\s*", value)
+    if not match:
+        raise AdcError(f"budget {text!r}: value must be a fraction below 1 (0.5) or an amount with an optional K/M/G suffix (120M)")
+    number = float(match.group(1))
+    suffix = match.group(2).upper()
+    if number <= 0:
+        raise AdcError(f"budget {text!r}: value must be positive")
+    if not suffix and number < 1:
+        return BudgetSpec(key, number, True)
+    if not suffix and number == 1:
+        raise AdcError(f"budget {text!r}: 1 would prune nothing; give a fraction below 1 or an absolute amount like {key}=120M")
+    return BudgetSpec(key, number * SUFFIXES[suffix], False)
+
+
+def resolve_budgets(specs: Iterable[BudgetSpec | str], graph: ModelGraph, min_kept: np.ndarray, **context: Any) -> list[Budget]:
+    """Resolve budget specs against a model, refusing any the search cannot reach.
+
+    Args:
+        specs: Parsed or textual budgets.
+        graph: The model graph.
+        min_kept: Channels kept per unit at the maximum sparsity the search allows.
+        context: Extra inputs for metric factories (e.g. a latency table).
+
+    Raises:
+        AdcError: if a budget is above the original (nothing to do) or below
+            what maximal pruning reaches; the message gives the smallest reachable value.
+    """
+    budgets: list[Budget] = []
+    seen = set()
+    for spec in specs:
+        spec = parse_budget(spec) if isinstance(spec, str) else spec
+        if spec.key in seen:
+            raise AdcError(f"budget {spec.key!r} is given twice; give each key once")
+        seen.add(spec.key)
+        price = BUDGET_METRICS.get(spec.key)(graph, **context)
+        original = price(graph.channels)
+        limit = spec.value * original if spec.relative else spec.value
+        reachable = price(min_kept)
+        if limit >= original:
+            raise AdcError(f"budget {spec}: the unpruned model already needs only {original:.4g} {spec.key}; nothing to prune")
+        if reachable > limit * (1 + 1e-9):
+            raise AdcError(
+                f"budget {spec} is unreachable: even the maximum sparsity allowed leaves {reachable:.4g} {spec.key} "
+                f"({reachable / original:.3f} of the original); the smallest reachable budget is "
+                f"{spec.key}={reachable / original:.3f} (or lower the minimum kept fraction)"
+            )
+        budgets.append(Budget(spec.key, float(limit), float(original), price))
+    if not budgets:
+        raise AdcError(f"no budget given; pass at least one, e.g. --budget flops=0.5 (keys: {', '.join(BUDGET_METRICS.names())})")
+    return budgets

@@ -1,0 +1,284 @@
+"""The search loop: an agent plays pruning episodes; the best policy is kept.
+
+``adc.search`` wires a model, an evaluation (the user's function, or the
+validation split of a data source), budgets, a reward and an agent into a
+:class:`~envs.pruning_env.PruningEnv`, plays the episodes, and returns a
+:class:`SearchResult`. With ``out`` it also checkpoints the agent and the
+history every few episodes (``resume=True`` continues to the same total) and
+writes the outputs a user ships from (:mod:`adc.outputs`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from adc.budgets import BudgetSpec
+from adc.data import DataSplits
+from adc.errors import AdcError
+from adc.pruning import ChannelPruner
+from adc.rewards import Reward
+from adc.serialization import atomic_write_text
+from adc.training import evaluate as evaluate_split
+from adc.training import recalibrate_bn
+
+CHECKPOINT_DIR = "checkpoint"
+HISTORY_FILE = "history.json"
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class SearchResult:
+    """What a search found.
+
+    Attributes:
+        policy: Unit name -> sparsity of the best episode.
+        kept: Unit name -> channels kept.
+        metrics: The best episode's metrics record (validation accuracy, costs, ratios).
+        reward: Its reward.
+        original: The unpruned model's record (no recalibration).
+        history: One record per episode, in order.
+        interrupted: True if the search stopped early (Ctrl-C).
+    """
+
+    policy: dict[str, float]
+    kept: dict[str, int]
+    metrics: dict[str, float]
+    reward: float
+    original: dict[str, float]
+    history: list[dict[str, Any]]
+    interrupted: bool = False
+    _pruner: ChannelPruner | None = field(default=None, repr=False)
+    _bn_images: torch.Tensor | None = field(default=None, repr=False)
+
+    def prune(self, model: nn.Module | None = None) -> nn.Module:
+        """The best policy applied for real, with batch-norm statistics re-estimated.
+
+        Args:
+            model: The model to prune (default: the searched one). Another model
+                of the same architecture gets the same channel criterion and rounding.
+        """
+        if self._pruner is None:
+            raise AdcError("this SearchResult has no pruner attached; prune with adc.prune(model, x, result.policy)")
+        pruner = self._pruner
+        if model is not None and model is not pruner.model:
+            pruner = ChannelPruner(model, pruner.example_input, criterion=pruner.criterion, round_to=pruner.round_to)
+        pruned = pruner.prune(self.policy)
+        if self._bn_images is not None:
+            recalibrate_bn(pruned, self._bn_images)
+        return pruned.eval()
+
+
+def check_device(device: str) -> torch.device:
+    """Refuse a device that is not present, in one line."""
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise AdcError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AdcError(f"device {device!r} is not available on this machine (torch.cuda.is_available() is False); use --device cpu")
+    return torch.device(device)
+
+
+def _fixed_images(dataset: torch.utils.data.Dataset, count: int, seed: int) -> torch.Tensor | None:
+    """``count`` training images chosen once with ``seed`` (for BN recalibration)."""
+    if count <= 0:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=gen)[: min(count, len(dataset))]
+    return torch.stack([dataset[int(i)][0] for i in order])
+
+
+def _calibration_batches(dataset: torch.utils.data.Dataset, count: int, seed: int, batch: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(len(dataset), generator=gen)[: min(count, len(dataset))]
+    samples = [dataset[int(i)] for i in order]
+    images = torch.stack([s[0] for s in samples])
+    labels = torch.as_tensor([int(s[1]) for s in samples])
+    return [(images[i:i + batch], labels[i:i + batch]) for i in range(0, len(images), batch)]
+
+
+def validation_evaluator(splits: DataSplits, *, val_size: int, device: torch.device, batch_size: int = 128) -> Callable[[nn.Module], dict]:
+    """Evaluate on a fixed subset of the validation split (never the test split)."""
+    images, labels = [], []
+    for i in range(min(val_size, len(splits.val))):
+        x, y = splits.val[i]
+        images.append(x)
+        labels.append(int(y))
+    if not images:
+        raise AdcError(f"the validation split of {splits.name!r} is empty; raise the validation fraction")
+    data = list(zip(torch.stack(images).to(device).split(batch_size), torch.as_tensor(labels).to(device).split(batch_size)))
+
+    def evaluate(model: nn.Module) -> dict:
+        return evaluate_split(model, data, device=str(device), batch_size=batch_size)
+
+    return evaluate
+
+
+def search(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
+    data: DataSplits | None = None,
+    budget: Mapping[str, float | str] | Iterable[str | BudgetSpec] = ("flops=0.5",),
+    agent: str = "ddpg",
+    episodes: int = 100,
+    criterion: str = "l1",
+    reward: str | Reward = "acc",
+    seed: int = 0,
+    round_to: int = 1,
+    min_keep: float = 0.2,
+    bn_calibration: int = 512,
+    val_size: int = 1000,
+    calibration_size: int = 256,
+    reconstruct: bool = False,
+    fill_budget: bool = True,
+    exploit_episodes: int | None = None,
+    device: str = "cpu",
+    agent_options: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 10,
+    progress: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    bn_images: torch.Tensor | None = None,
+) -> SearchResult:
+    """Search the per-unit sparsity that maximises the reward under every budget.
+
+    Args:
+        model: The trained model (not modified).
+        example_input: An input batch of the right shape.
+        evaluate: ``evaluate(model) -> {"top1", ...}`` on held-out data; or give ``data``.
+        data: Data splits; the reward uses ``val_size`` images of the validation
+            split, BN recalibration ``bn_calibration`` training images.
+        budget: ``{"flops": 0.5}`` or ``["flops=0.5", "params=1M"]``.
+        agent: Name in :data:`agents.AGENTS`.
+        episodes: Total episodes (a learning agent's last ``exploit_episodes``
+            are played without exploration noise).
+        criterion: Channel criterion; ``round_to``: kept-count multiple;
+            ``min_keep``: smallest kept fraction of a unit.
+        reward: Reward name, plugin spec or callable.
+        seed: Seeds the agent and every sampled subset; same seed, same search on CPU.
+        reconstruct: Least-squares reconstruction of pruned layers.
+        fill_budget: Raise actions so each policy uses its budget (see the environment).
+        device: ``cpu`` or ``cuda``.
+        agent_options: Agent-specific options (e.g. ``{"warmup": 20}``).
+        out: Folder for checkpoints (and, through the CLI, the outputs).
+        resume: Continue the search checkpointed in ``out``.
+        checkpoint_every: Episodes between checkpoints.
+        progress: Called after each episode with ``(episode_record, best_record)``.
+        bn_images: Images for BN recalibration when ``data`` is not given.
+
+    Returns:
+        The :class:`SearchResult`; interrupted searches (Ctrl-C) return what they found.
+    """
+    from agents import AGENTS, load_agent, make_agent
+    from envs.pruning_env import PruningEnv
+
+    if evaluate is None and data is None:
+        raise AdcError("search needs evaluate= (a function of a model returning {'top1': ...}) or data= (DataSplits)")
+    if episodes < 1:
+        raise AdcError(f"episodes={episodes}: the search needs at least 1 episode")
+    AGENTS.get(agent)
+    dev = check_device(device)
+    model = model.to(dev).eval()
+    example_input = example_input.to(dev)
+    budgets = [f"{k}={v}" for k, v in budget.items()] if isinstance(budget, Mapping) else list(budget)
+
+    calibration = None
+    if data is not None:
+        if evaluate is None:
+            evaluate = validation_evaluator(data, val_size=val_size, device=dev)
+        if bn_images is None:
+            bn_images = _fixed_images(data.train, bn_calibration, seed)
+        if criterion in ("taylor", "apoz") or reconstruct:
+            calibration = [(x.to(dev), y.to(dev)) for x, y in _calibration_batches(data.train, calibration_size, seed)]
+    if bn_images is not None:
+        bn_images = bn_images.to(dev)
+
+    env = PruningEnv(model, example_input, evaluate=evaluate, budgets=budgets, reward=reward, criterion=criterion,
+                     round_to=round_to, min_keep=min_keep, bn_images=bn_images, calibration=calibration,
+                     reconstruct=reconstruct, fill_budget=fill_budget, seed=seed)
+
+    out_dir = Path(out) if out is not None else None
+    history: list[dict[str, Any]] = []
+    checkpoint = out_dir / CHECKPOINT_DIR if out_dir is not None else None
+    if resume:
+        if checkpoint is None or not (checkpoint / HISTORY_FILE).is_file():
+            raise AdcError(f"nothing to resume in {str(out_dir)!r}: no {CHECKPOINT_DIR}/{HISTORY_FILE} there")
+        history = json.loads((checkpoint / HISTORY_FILE).read_text())
+        runner = load_agent(checkpoint / "agent", env)
+    else:
+        runner = make_agent(agent, env, episodes=episodes, seed=seed, **dict(agent_options or {}))
+
+    n_exploit = 0
+    if runner.can_exploit:
+        n_exploit = max(1, episodes // 10) if exploit_episodes is None else max(0, min(episodes - 1, exploit_episodes))
+    best: dict[str, Any] = max(history, key=lambda r: r["reward"]) if history else {}
+    started = [time.perf_counter()]
+
+    def save_checkpoint() -> None:
+        if checkpoint is None:
+            return
+        runner.save(checkpoint / "agent")
+        atomic_write_text(checkpoint / HISTORY_FILE, json.dumps(history))
+
+    def on_episode(info: dict[str, Any]) -> bool:
+        nonlocal best
+        now = time.perf_counter()
+        record = episode_record(len(history), info, now - started[0])
+        started[0] = now
+        history.append(record)
+        if not best or record["reward"] > best["reward"]:
+            best = record
+        record["best_reward"] = best["reward"]
+        if progress is not None:
+            progress(record, best)
+        if checkpoint is not None and len(history) % checkpoint_every == 0:
+            save_checkpoint()
+        return True
+
+    interrupted = False
+    try:
+        explore_left = max(0, episodes - n_exploit - len(history))
+        if explore_left:
+            runner.run(explore_left, on_episode, explore=True)
+        exploit_left = episodes - len(history)
+        if exploit_left > 0 and runner.can_exploit:
+            runner.run(exploit_left, on_episode, explore=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    if checkpoint is not None and history:
+        save_checkpoint()
+    if not history:
+        raise AdcError("the search was interrupted before its first episode finished; nothing to report")
+    return SearchResult(
+        policy=dict(best["policy"]), kept=dict(best["kept"]), metrics=dict(best["metrics"]), reward=float(best["reward"]),
+        original=dict(env.original_record), history=history, interrupted=interrupted,
+        _pruner=env.pruner, _bn_images=bn_images,
+    )
+
+
+def episode_record(index: int, info: Mapping[str, Any], wall: float) -> dict[str, Any]:
+    """One history row from an environment's final info (JSON-serialisable)."""
+    agent_info = info.get("agent") or {}
+    timing = info.get("timing", {})
+    return {
+        "episode": index,
+        "phase": agent_info.get("phase", "explore"),
+        "reward": float(info["reward"]),
+        "metrics": {k: float(v) for k, v in info["metrics"].items()},
+        "policy": {k: float(v) for k, v in info["policy"].items()},
+        "kept": {k: int(v) for k, v in info["kept"].items()},
+        "budget_use": {k: float(v) for k, v in info.get("budget_use", {}).items()},
+        "wall_time": float(wall),
+        "evaluate_time": float(timing.get("evaluate", 0.0)),
+        "prune_time": float(timing.get("prune", 0.0)),
+        "sigma": agent_info.get("sigma"),
+    }

@@ -1,0 +1,254 @@
+"""Tests of the search agents on the synthetic pruning environment."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium.utils.env_checker import check_env
+
+from adc.errors import AdcError
+from agents import AGENTS, OffPolicyAgent, load_agent, make_agent
+from agents.noise import NoiseSchedule, truncated_normal
+from synthetic_env import SyntheticPruningEnv
+
+RL_AGENTS = ["ddpg", "sac", "td3"]
+ONE_EPISODE = {"uniform", "sensitivity"}  # deterministic policies: one episode in all
+SMALL = {"hidden": (32, 32), "warmup": 2}  # fast networks for the functional tests
+# Sensitive units early and late, cheap ones in between: random search rarely gets all right.
+HARD_SENSITIVITIES = [0.02, 2.0, 0.1, 1.0, 0.05, 0.5]
+
+
+def small_options(name: str) -> dict:
+    return dict(SMALL) if name in RL_AGENTS else {}
+
+
+def play(agent, episodes: int, *, explore: bool = True) -> list[dict]:
+    infos: list[dict] = []
+    agent.run(episodes, lambda info: infos.append(info) or True, explore=explore)
+    return infos
+
+
+@pytest.fixture
+def env() -> SyntheticPruningEnv:
+    return SyntheticPruningEnv(num_units=5, budget=0.5, seed=1)
+
+
+# -- the synthetic environment ----------------------------------------------------------
+
+
+def test_synthetic_env_passes_gymnasium_checker(env):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env, skip_render_check=True)
+
+
+def test_synthetic_env_clips_every_policy_onto_the_budget(env):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        env.reset()
+        for _ in range(env.num_units):
+            _, reward, terminated, _, info = env.step(np.array([rng.uniform()], dtype=np.float32))
+        assert terminated and info["episode_reward"] == reward
+        assert info["cost"] == pytest.approx(env.budget)
+        assert env.budget_fits(info["actions"])
+    assert env.budget_fits(env.uniform_actions())
+    assert env.evaluate_actions(env.uniform_actions()) < env.optimum()
+
+
+# -- the interface, for every agent -------------------------------------------------------
+
+
+def test_registry_holds_every_agent():
+    assert AGENTS.names() == ["ddpg", "random", "sac", "sensitivity", "td3", "uniform"]
+
+
+def test_unknown_agent_names_the_valid_ones(env):
+    with pytest.raises(AdcError, match="valid: ddpg, random"):
+        make_agent("ppo", env, episodes=4)
+
+
+@pytest.mark.parametrize("name", AGENTS.names())
+def test_unknown_option_names_the_valid_ones(name, env):
+    with pytest.raises(AdcError, match="unknown option 'bogus'.*valid"):
+        make_agent(name, env, episodes=4, bogus=1)
+
+
+def test_options_from_the_command_line_are_converted(env):
+    agent = make_agent("ddpg", env, episodes=8, warmup="2", hidden="16,16", actor_lr="1e-4")
+    assert agent.options.hidden == (16, 16) and agent.warmup == 2
+    with pytest.raises(AdcError, match="warmup='many'.*int"):
+        make_agent("ddpg", env, episodes=8, warmup="many")
+    with pytest.raises(AdcError, match="ent_coef"):
+        make_agent("sac", env, episodes=8, ent_coef="lots")
+
+
+@pytest.mark.parametrize("name", AGENTS.names())
+def test_agent_plays_its_episodes_within_budget(name, env):
+    agent = make_agent(name, env, episodes=10, seed=0, **small_options(name))
+    infos = play(agent, 10)
+    assert len(infos) == (1 if name in ONE_EPISODE else 10)
+    for info in infos:
+        assert env.budget_fits(info["actions"])
+        assert len(info["actions"]) == env.num_units
+        assert "terminal_observation" not in info
+    if name == "sensitivity":
+        assert env.evaluations <= 10
+        assert infos[0]["agent"]["evaluations"] == env.evaluations
+
+
+@pytest.mark.parametrize("name", ["ddpg", "random", "sac"])
+def test_on_episode_returning_false_stops_the_run(name, env):
+    agent = make_agent(name, env, episodes=10, **small_options(name))
+    calls = []
+    agent.run(10, lambda info: calls.append(info) or len(calls) < 3)
+    assert len(calls) == 3 and agent.episodes_done == 3
+
+
+@pytest.mark.parametrize("name", AGENTS.names())
+def test_same_seed_same_actions(name):
+    def actions(seed: int) -> list[list[float]]:
+        env = SyntheticPruningEnv(num_units=5, budget=0.5, seed=1)
+        return [info["actions"] for info in play(make_agent(name, env, episodes=8, seed=seed, **small_options(name)), 8)]
+
+    first = actions(0)
+    assert actions(0) == first
+    if name not in ONE_EPISODE:
+        assert actions(1) != first
+
+
+@pytest.mark.parametrize("name", AGENTS.names())
+def test_save_and_load_resume_where_the_run_stopped(name, tmp_path):
+    def fresh_env() -> SyntheticPruningEnv:
+        return SyntheticPruningEnv(num_units=5, budget=0.5, seed=1)
+
+    options = small_options(name)
+    straight = [i["actions"] for i in play(make_agent(name, fresh_env(), episodes=8, seed=3, **options), 8)]
+
+    agent = make_agent(name, fresh_env(), episodes=8, seed=3, **options)
+    first = [i["actions"] for i in play(agent, 4)]
+    agent.save(tmp_path / "agent")
+    resumed = load_agent(tmp_path / "agent", fresh_env())
+    assert type(resumed) is type(agent)
+    assert resumed.episodes_done == agent.episodes_done
+    if isinstance(agent, OffPolicyAgent):
+        assert resumed.algo.replay_buffer.size() == agent.algo.replay_buffer.size() == 4 * 5
+        assert resumed.baseline.value == agent.baseline.value
+    rest = [i["actions"] for i in play(resumed, 4)]
+    assert first + rest == straight
+
+
+def test_loading_a_folder_without_an_agent_says_so(tmp_path, env):
+    with pytest.raises(AdcError, match="agent.json is missing"):
+        load_agent(tmp_path, env)
+
+
+# -- the AMC parts of the RL agents -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", RL_AGENTS)
+def test_replay_buffer_holds_the_applied_action(name, env):
+    agent = make_agent(name, env, episodes=6, **SMALL)
+    infos = play(agent, 6)
+    buffer = agent.algo.replay_buffer
+    stored = (buffer.actions[: buffer.size(), 0, 0] + 1) / 2  # SB3 stores actions scaled to [-1, 1]
+    applied = np.concatenate([info["actions"] for info in infos])
+    np.testing.assert_allclose(stored, applied, atol=1e-6)
+    proposed_last_unit = np.array([info["proposed_action"] for info in infos])
+    assert not np.allclose(proposed_last_unit, applied[env.num_units - 1 :: env.num_units])
+
+
+@pytest.mark.parametrize("name", RL_AGENTS)
+def test_every_transition_carries_final_reward_minus_baseline(name, env):
+    agent = make_agent(name, env, episodes=8, baseline_decay=0.9, **SMALL)
+    buffer = agent.algo.replay_buffer
+    units = env.num_units
+    baseline: list[float] = []
+    seen: list[int] = []
+
+    def check(info: dict) -> bool:
+        reward = info["episode_reward"]
+        before = baseline[-1] if baseline else reward
+        baseline.append(0.9 * before + 0.1 * reward)
+        episode = slice(buffer.pos - units, buffer.pos)
+        np.testing.assert_allclose(buffer.rewards[episode, 0], reward - before, rtol=1e-5, atol=1e-6)
+        assert (buffer.dones[episode, 0] == 1).all()
+        seen.append(1)
+        return True
+
+    agent.run(8, check)
+    assert len(seen) == 8
+    assert agent.baseline.value == pytest.approx(baseline[-1])
+
+
+@pytest.mark.parametrize("name", RL_AGENTS)
+def test_actor_and_critic_keep_their_own_learning_rates(name, env):
+    agent = make_agent(name, env, episodes=6, **SMALL)
+    play(agent, 6)
+    algo = agent.algo
+    assert algo._n_updates > 0
+    assert [g["lr"] for g in algo.actor.optimizer.param_groups] == [1e-4]
+    assert [g["lr"] for g in algo.critic.optimizer.param_groups] == [1e-3]
+
+
+def test_ddpg_is_configured_as_amc(env):
+    agent = make_agent("ddpg", env, episodes=400)
+    algo = agent.algo
+    assert agent.warmup == 100 and algo.learning_starts == 100 * env.num_units
+    assert (algo.tau, algo.batch_size, algo.gamma, algo.gradient_steps) == (0.01, 64, 1.0, -1)
+    assert [m.out_features for m in algo.actor.mu if isinstance(m, th.nn.Linear)] == [300, 300, 1]
+    assert [m.out_features for m in algo.critic.qf0 if isinstance(m, th.nn.Linear)] == [300, 300, 1]
+    assert len(algo.critic.q_networks) == 1
+    assert agent.noise.sigma(0) == pytest.approx(0.5)
+    assert agent.noise.sigma(299) == pytest.approx(0.05)
+    assert make_agent("ddpg", env, episodes=40).warmup == 10
+
+
+def test_exploitation_episodes_play_the_actor_without_noise(env):
+    agent = make_agent("ddpg", env, episodes=6, **SMALL)
+    play(agent, 6)
+    agent.algo.learning_starts = 10**9  # freeze learning to compare two noise-free episodes
+    first, second = play(agent, 2, explore=False)
+    assert first["actions"] == second["actions"]
+    assert first["agent"]["phase"] == "exploit"
+    env.reset()
+    obs, _ = env.reset()
+    assert 0.0 <= agent.predict(obs) <= 1.0
+
+
+def test_truncated_normal_noise_stays_in_bounds_and_decays():
+    rng = np.random.default_rng(0)
+    draws = truncated_normal(rng, np.full(1000, 0.9), 0.5, np.zeros(1), np.ones(1))
+    assert draws.min() >= 0 and draws.max() <= 1 and 0.6 < draws.mean() < 0.8
+    schedule = NoiseSchedule(0.5, 0.05, episodes=100)
+    assert schedule.sigma(0) == 0.5 and schedule.sigma(99) == pytest.approx(0.05)
+    assert schedule.sigma(500) == pytest.approx(0.05)
+
+
+# -- search quality -----------------------------------------------------------------------
+
+
+def test_sensitivity_allocation_is_near_optimal_on_a_separable_reward():
+    env = SyntheticPruningEnv(num_units=6, budget=0.5, sensitivities=HARD_SENSITIVITIES)
+    (info,) = play(make_agent("sensitivity", env, episodes=50), 50)
+    assert info["episode_reward"] > 0.95 * env.optimum()
+
+
+def test_ddpg_beats_random_search_and_uniform_with_the_same_episodes():
+    episodes = 200
+
+    def best(name: str, seed: int) -> float:
+        env = SyntheticPruningEnv(num_units=6, budget=0.5, sensitivities=HARD_SENSITIVITIES)
+        agent = make_agent(name, env, episodes=episodes, seed=seed)
+        rewards = [i["episode_reward"] for i in play(agent, episodes)]
+        if agent.can_exploit:  # the search cashes in the learned policy with a few noise-free episodes
+            rewards += [i["episode_reward"] for i in play(agent, 3, explore=False)]
+        return max(rewards)
+
+    ddpg = best("ddpg", 0)
+    random_best = max(best("random", seed) for seed in range(3))
+    uniform = best("uniform", 0)
+    assert ddpg > random_best + 0.05, (ddpg, random_best)
+    assert ddpg > uniform + 0.5, (ddpg, uniform)
