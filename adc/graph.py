@@ -118,6 +118,7 @@ class LayerCost:
     kernel_numel: int
     positions: int  # output positions per sample (H*W for conv2d, 1 for a linear on vectors)
     bias: bool
+    in_positions: int = 0  # input positions per sample (H_in*W_in for conv2d); 0 when unknown (use positions)
 
 
 class ModelGraph:
@@ -317,12 +318,14 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         out_shape = out_shapes[name]
         if isinstance(m, nn.Linear):
             positions = math.prod(out_shape) // (batch * m.out_features)
-            layers.append(LayerCost(name, m.in_features, m.out_features, 1, False, 1, positions, m.bias is not None))
+            layers.append(LayerCost(name, m.in_features, m.out_features, 1, False, 1, positions, m.bias is not None,
+                                    math.prod(in_shapes[name]) // (batch * m.in_features)))
         else:
             positions = math.prod(out_shape[2:]) if len(out_shape) > 2 else 1
             layers.append(
                 LayerCost(name, m.in_channels, m.out_channels, m.groups, _is_depthwise(m),
-                          math.prod(m.kernel_size), positions, m.bias is not None)
+                          math.prod(m.kernel_size), positions, m.bias is not None,
+                          math.prod(in_shapes[name][2:]) if len(in_shapes[name]) > 2 else 1)
             )
     layer_index = {lc.name: i for i, lc in enumerate(layers)}
 

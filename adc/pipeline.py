@@ -139,6 +139,9 @@ def run_search(
     settings = dataclasses.asdict(config)
     write_config(out / CONFIG_FILE, settings)
     options = {"warmup": config.warmup} if config.warmup is not None else {}
+    writer = _tensorboard(out) if config.tensorboard else None
+    if writer is not None:
+        progress = _logging_progress(writer, progress)
     result = search(
         model, x, data=splits, budget=config.budget, agent=config.agent, episodes=config.episodes,
         criterion=config.criterion, reward=config.reward, seed=config.seed, round_to=config.round_to,
@@ -146,10 +149,35 @@ def run_search(
         reconstruct=config.reconstruct, fill_budget=config.fill_budget, device=config.device,
         agent_options=options, out=out, resume=resume, progress=progress,
     )
+    if writer is not None:
+        writer.close()
     if status:
         status(f"writing {out}")
     write_outputs(out, result, model, x, splits, settings, time.perf_counter() - started)
     return result, out
+
+
+def _tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise AdcError("--tensorboard needs the tensorboard package: pip install 'adc[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(out / "tb"))
+
+
+def _logging_progress(writer: Any, progress: Callable | None) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    """Wrap a progress callback so every episode is also logged to TensorBoard."""
+
+    def log(record: dict[str, Any], best: dict[str, Any]) -> None:
+        step = record["episode"]
+        writer.add_scalar("reward/episode", record["reward"], step)
+        writer.add_scalar("reward/best", best["reward"], step)
+        for key in ("top1", "flops_ratio", "params_ratio"):
+            writer.add_scalar(f"metrics/{key}", record["metrics"][key], step)
+        if progress is not None:
+            progress(record, best)
+
+    return log
 
 
 def write_outputs(out: Path, result: SearchResult, model: nn.Module, x: torch.Tensor, splits: DataSplits | None,
@@ -166,7 +194,7 @@ def write_outputs(out: Path, result: SearchResult, model: nn.Module, x: torch.Te
     pruned_cpu = pruned.to("cpu")
     counted = count(pruned_cpu, x.to("cpu"))
     meta = {"metrics": result.metrics, "original": result.original, "test_top1": test,
-            "counted": counted._asdict(), "settings": settings}
+            "counted": counted._asdict(), "settings": settings, "example_shape": list(x.shape)}
     save(pruned_cpu, out / "model.pt", policy=result.policy, meta=meta)
     atomic_write_text(out / "policy.json", json.dumps(
         {"policy": result.policy, "kept": result.kept, "reward": result.reward, "metrics": result.metrics,

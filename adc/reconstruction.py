@@ -41,15 +41,46 @@ def reconstructable(module: nn.Module) -> bool:
     return False
 
 
+def _padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding of a conv, as ``F.pad`` takes it."""
+    if isinstance(module.padding, str):  # "valid" or "same"
+        if module.padding == "valid":
+            return (0, 0, 0, 0)
+        pads = []
+        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)  # type: ignore[return-value]
+    ph, pw = module.padding
+    return (pw, pw, ph, ph)
+
+
 def _patches(module: nn.Module, x: torch.Tensor, points: int, gen: torch.Generator) -> torch.Tensor:
-    """Sample input patches (im2col rows) at ``points`` output positions per image."""
+    """Sample input patches (im2col rows) at ``points`` output positions per image.
+
+    Only the sampled patches are gathered: unfolding the whole feature map
+    first would cost ``kernel`` times the activation's memory per layer (tens of
+    gigabytes for a few hundred 224x224 images) to keep ten positions of it.
+    """
     if isinstance(module, nn.Linear):
         rows = x.reshape(-1, x.shape[-1])
         return rows if len(rows) <= points * x.shape[0] else rows[torch.randperm(len(rows), generator=gen)[: points * x.shape[0]]]
-    cols = nn.functional.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
-    n, d, positions = cols.shape
+    n, c = x.shape[:2]
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    xp = nn.functional.pad(x, _padding(module), mode=mode)
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    positions = oh * ow
     pick = torch.stack([torch.randperm(positions, generator=gen)[: min(points, positions)] for _ in range(n)])
-    return torch.gather(cols, 2, pick[:, None, :].expand(n, d, pick.shape[1])).permute(0, 2, 1).reshape(-1, d)
+    rows = (pick // ow) * sh  # (n, P): top-left corner of each sampled patch
+    cols = (pick % ow) * sw
+    ys = rows[:, :, None, None] + dh * torch.arange(kh)[None, None, :, None]  # (n, P, kh, 1)
+    xs = cols[:, :, None, None] + dw * torch.arange(kw)[None, None, None, :]  # (n, P, 1, kw)
+    batch = torch.arange(n)[:, None, None, None]
+    patches = xp[batch, :, ys, xs]  # (n, P, kh, kw, C): advanced indices first, then the channel slice
+    # unfold's (and the flattened weight's) feature order is channel, then kernel row, then kernel column.
+    return patches.permute(0, 1, 4, 2, 3).reshape(n * pick.shape[1], c * kh * kw).double()
 
 
 def collect_statistics(
@@ -73,7 +104,7 @@ def collect_statistics(
 
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            x = _patches(module, inputs[0].detach().double().cpu(), points, gen)
+            x = _patches(module, inputs[0].detach().cpu(), points, gen)
             w = module.weight.detach().double().cpu().reshape(module.weight.shape[0], -1)
             y = x @ w.T  # the layer's output without bias at the sampled positions
             s = stats.get(name)

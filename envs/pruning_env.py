@@ -285,6 +285,16 @@ class PruningEnv(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._i >= self.num_units:
             raise RuntimeError("episode is over: call reset() first")
+        unit = self.units[self._i]
+        kept, applied = self._decide(action)
+        info: dict[str, Any] = {"applied_action": applied, "unit": unit.name, "kept_channels": int(kept)}
+        if self._i < self.num_units:
+            return self._observation(), 0.0, False, False, info
+        info.update(self._finish())
+        return self._observation(), float(info["reward"]), True, False, info
+
+    def _decide(self, action: Any) -> tuple[float, float]:
+        """Clip and apply the action for the current unit; advance. Returns (kept channels, applied action)."""
         a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
         unit = self.units[self._i]
         wanted = unit.kept(self._sparsity_of(a if math.isfinite(a) else 0.0), self.round_to)
@@ -294,11 +304,29 @@ class PruningEnv(gym.Env):
         self._actions.append(applied)
         self._prev_action = applied
         self._i += 1
-        info: dict[str, Any] = {"applied_action": applied, "unit": unit.name, "kept_channels": int(kept)}
-        if self._i < self.num_units:
-            return self._observation(), 0.0, False, False, info
-        info.update(self._finish())
-        return self._observation(), float(info["reward"]), True, False, info
+        return kept, applied
+
+    def play_actions(self, actions: Sequence[float]) -> tuple[np.ndarray, list[float]]:
+        """Play one episode's actions through the clipping only: no pruning, no evaluation.
+
+        Starts a fresh episode (like :meth:`reset`) and applies each action
+        exactly as :meth:`step` would, so the result is the policy that a full
+        episode with these actions would prune to. Cheap (analytic costs only):
+        meant for tests and for strategies that explore the clipped policy space.
+
+        Args:
+            actions: One action in [0, 1] per unit (``num_units`` of them).
+
+        Returns:
+            ``(kept, applied)``: channels kept per unit (float array in unit
+            order) and the applied action of each step (``info["applied_action"]``).
+            The environment is left at the end of the episode; call :meth:`reset` before stepping.
+        """
+        if len(actions) != self.num_units:
+            raise AdcError(f"play_actions needs {self.num_units} actions (one per unit), got {len(actions)}")
+        self._reset_state()
+        applied = [self._decide(a)[1] for a in actions]
+        return self._kept.copy(), applied
 
     def _finish(self) -> dict[str, Any]:
         policy = {u.name: float(1.0 - k / u.channels) for u, k in zip(self.units, self._kept)}

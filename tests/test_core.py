@@ -8,6 +8,7 @@ in a couple of minutes on two busy cores.
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 import time
@@ -42,6 +43,15 @@ ALL_CASES = [("tv", n, (1, 3, 64, 64)) for n in TORCHVISION] + [("zoo", n, s) fo
 ALL_IDS = [f"{src}-{n}-{s[1]}x{s[2]}" for src, n, s in ALL_CASES]
 # Relative error of the analytic cost vs FlopCounterMode, per case (see test_cost_matches_flop_counter).
 WORST_ERROR: dict[str, tuple[float, float]] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared, busy machine OpenMP's second thread spins and a 20 ms forward takes seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _randomize_bn(model: nn.Module, seed: int) -> nn.Module:
@@ -247,7 +257,7 @@ def test_unit_macs_and_params_are_within_totals() -> None:
 def test_prune_leaves_input_untouched_and_respects_round_to(name: str, round_to: int) -> None:
     model, x, graph = _zoo(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    policies = _random_policies(graph, 2, seed=7) + [{u.name: 0.99 for u in graph.units}]
+    policies = _random_policies(graph, 2, seed=7) + [{u.name: 0.999 for u in graph.units}]
     pruner = ChannelPruner(model, x, round_to=round_to, graph=graph)
     reference = model(x)
     for policy in policies:
@@ -260,7 +270,7 @@ def test_prune_leaves_input_untouched_and_respects_round_to(name: str, round_to:
             kept = root.out_features if isinstance(root, nn.Linear) else root.out_channels
             assert kept == u.kept(policy[u.name], round_to) >= 1
             assert kept == u.channels or kept % round_to == 0 or u.channel_groups > 1
-            if policy[u.name] == 0.99:
+            if policy[u.name] == 0.999:  # below half a channel: one channel, or one multiple of round_to
                 assert kept == min(u.channels, round_to) or (u.channel_groups > 1 and kept == u.channel_groups)
         assert pruned.adc_pruning["round_to"] == round_to
     after = model.state_dict()
@@ -364,7 +374,7 @@ def test_reconstruction_lowers_next_layer_error(name: str) -> None:
     model, x, graph = _zoo(name)
     unit = graph.units[2]
     consumer = next(m.module for m in unit.members if m.dim == "in")
-    calibration = [(_smooth_images(128, seed=10), torch.zeros(128, dtype=torch.long))]
+    calibration = [(_smooth_images(96, seed=10), torch.zeros(96, dtype=torch.long))]
     held_out = _smooth_images(32, seed=11)
 
     def consumer_output(net: nn.Module) -> torch.Tensor:
@@ -422,7 +432,7 @@ def test_save_load_in_a_fresh_process(tmp_path: Path) -> None:
     assert header["policy"] == policy and header["meta"] == {"note": "test"}
 
     result = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(path), str(tmp_path / "expected.pt")],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.strip().splitlines()[-1]) <= 1e-6
 

@@ -1,0 +1,573 @@
+"""Measured latency: a per-layer lookup table (NetAdapt, Yang et al., ECCV 2018).
+
+FLOPs are not time. For every conv/linear layer of a model the table holds the
+measured latency of that layer *together with the batch norm and activation
+that follow it in the forward pass* (when they do), run in isolation at a grid
+of kept (input, output) channel counts the search can reach: ``points`` counts
+per axis from the smallest kept count (every unit at ``min_keep``) to the full
+width. Layers whose input (or output) channels no unit prunes have a one-point
+axis, depthwise convolutions a single axis (their input and output channels
+are the same channels). Between grid points the latency is bilinearly
+interpolated (linearly extrapolated below the grid); after measuring, the grid
+is made monotone (running maximum along each axis) so that fewer channels never
+cost more, which the search's clipping (a binary search) relies on.
+
+A policy's latency is the sum of its layers' interpolated entries plus a
+constant: the unpruned model's measured end-to-end latency minus the sum of
+the unpruned layers' entries, which accounts for what the table does not time
+(pooling, residual additions, the framework's per-call overhead, and the
+difference between timing a layer alone and in a network). Timing conv + BN +
+activation together rather than the conv alone keeps the channel-dependent
+part of BN and activation in the table, where it shrinks with pruning, rather
+than in the constant, where it would not.
+
+Measurements are medians of repeated timings after warm-up, through a
+:class:`Timer`: :class:`TorchTimer` (PyTorch, CPU with a recorded thread count,
+or CUDA with CUDA events) or :class:`OnnxTimer` (onnxruntime on the CPU). Tests
+substitute a deterministic timer.
+
+Every measurement is cached on disk, one JSON file per (device, runtime and its
+version, thread count, batch): ``~/.cache/adc/latency/`` by default,
+``$ADC_CACHE_DIR/latency`` when ``ADC_CACHE_DIR`` is set, or the ``cache_dir``
+argument. Entries are keyed by each layer's shape (type, kernel, stride,
+padding, groups, input size, following BN / activation) and channel counts, so
+layers of identical shape (ResNets repeat them) share one measurement, and a
+second build on the same model measures nothing. A cache file that cannot be
+read, or that was written for another device / runtime / format, is ignored
+with a warning and rebuilt; it is never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from adc.errors import AdcError
+from adc.graph import LAYER_TYPES, ModelGraph, analyze
+from adc.serialization import atomic_write_text
+
+RUNTIMES = ("torch", "onnxruntime")
+CACHE_FORMAT = "adc-latency/1"
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.Sigmoid, nn.Hardsigmoid,
+               nn.Tanh, nn.ELU, nn.Mish, nn.PReLU)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+Progress = Callable[[int, int, str], None]
+
+
+def default_cache_dir() -> Path:
+    """``$ADC_CACHE_DIR/latency`` if ``ADC_CACHE_DIR`` is set, else ``~/.cache/adc/latency``."""
+    env = os.environ.get("ADC_CACHE_DIR")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "adc") / "latency"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+# ---------------------------------------------------------------------------------- timers
+
+
+class Timer:
+    """Times a module on an input: the median seconds of one forward pass.
+
+    Subclasses set ``runtime``, ``device``, ``threads`` and ``version`` (they
+    key the cache) and implement :meth:`time`.
+    """
+
+    runtime: str = "stub"
+    device: str = "cpu"
+    threads: int = 1
+    version: str = ""
+
+    def time(self, module: nn.Module, x: torch.Tensor) -> float:
+        """Median seconds of ``module(x)``."""
+        raise NotImplementedError
+
+    def key(self) -> dict[str, Any]:
+        """What a measurement depends on besides the layer: cache files are keyed by it."""
+        device = f"cuda:{torch.cuda.get_device_name()}" if self.device.startswith("cuda") else f"cpu:{_cpu_name()}"
+        return {"runtime": self.runtime, "version": self.version, "device": device, "threads": int(self.threads)}
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _median_time(run: Callable[[], Any], *, warmup: int, repeats: int, min_sample: float,
+                 clock: Callable[[Callable[[], Any], int], float] | None = None) -> float:
+    """Median over ``repeats`` samples of the mean time of ``run``; each sample loops long enough to last ``min_sample``."""
+
+    def wall(fn: Callable[[], Any], n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return time.perf_counter() - t0
+
+    clock = clock or wall
+    for _ in range(warmup):
+        run()
+    once = max(clock(run, 1), 1e-7)
+    inner = max(1, min(1000, int(math.ceil(min_sample / once))))
+    return statistics.median(clock(run, inner) / inner for _ in range(repeats))
+
+
+class TorchTimer(Timer):
+    """PyTorch eager, in eval mode under ``torch.inference_mode``; CPU (``threads`` intra-op threads) or CUDA events.
+
+    Args:
+        device: ``cpu`` or ``cuda[:N]``.
+        threads: CPU threads (default: ``torch.get_num_threads()``).
+        warmup, repeats, min_sample: Warm-up calls, timed samples (median), and
+            the least seconds one sample lasts (short layers are looped).
+    """
+
+    runtime = "torch"
+
+    def __init__(self, device: str = "cpu", threads: int | None = None, *, warmup: int = 3, repeats: int = 7,
+                 min_sample: float = 0.002) -> None:
+        from adc.search import check_device
+
+        check_device(device)
+        self.device = device
+        self.threads = int(threads or torch.get_num_threads())
+        self.version = torch.__version__
+        self.warmup, self.repeats, self.min_sample = warmup, repeats, min_sample
+
+    def time(self, module: nn.Module, x: torch.Tensor) -> float:
+        module = module.to(self.device).eval()
+        x = x.to(self.device)
+        clock = None
+        if self.device.startswith("cuda"):
+            def clock(fn: Callable[[], Any], n: int) -> float:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(n):
+                    fn()
+                end.record()
+                torch.cuda.synchronize()
+                return start.elapsed_time(end) / 1000.0
+        with _torch_threads(self.threads), torch.inference_mode():
+            return _median_time(lambda: module(x), warmup=self.warmup, repeats=self.repeats,
+                                min_sample=self.min_sample, clock=clock)
+
+
+class OnnxTimer(Timer):
+    """onnxruntime on the CPU (all graph optimisations, ``threads`` intra-op threads); the module is exported to ONNX first."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, device: str = "cpu", threads: int | None = None, *, warmup: int = 3, repeats: int = 7,
+                 min_sample: float = 0.002) -> None:
+        from adc.search import check_device
+
+        check_device(device)
+        if device != "cpu":
+            raise AdcError(f"--runtime onnxruntime measures on the CPU only; got --device {device!r} (use --runtime torch for cuda)")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise AdcError("--runtime onnxruntime needs onnxruntime: pip install 'adc[onnx]'") from None
+        self._ort = ort
+        self.device = "cpu"
+        self.threads = int(threads or torch.get_num_threads())
+        self.version = ort.__version__
+        self.warmup, self.repeats, self.min_sample = warmup, repeats, min_sample
+
+    def session(self, module: nn.Module, x: torch.Tensor) -> Any:
+        """An onnxruntime session running ``module`` (exported at ``x``'s shape)."""
+        buf = io.BytesIO()
+        module = module.cpu().eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x.cpu(),), buf, input_names=["input"], output_names=["output"],
+                              opset_version=17, dynamo=False)
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        return self._ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def time(self, module: nn.Module, x: torch.Tensor) -> float:
+        session = self.session(module, x)
+        feed = {session.get_inputs()[0].name: x.cpu().numpy()}
+        return _median_time(lambda: session.run(None, feed), warmup=self.warmup, repeats=self.repeats,
+                            min_sample=self.min_sample)
+
+
+def make_timer(runtime: str = "torch", device: str = "cpu", threads: int | None = None, **options: Any) -> Timer:
+    """The timer for a runtime name (``torch`` or ``onnxruntime``).
+
+    Raises:
+        AdcError: unknown runtime, absent device, onnxruntime not installed or asked for cuda.
+    """
+    if runtime == "torch":
+        return TorchTimer(device, threads, **options)
+    if runtime == "onnxruntime":
+        return OnnxTimer(device, threads, **options)
+    raise AdcError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+
+
+# ------------------------------------------------------------------------------------ cache
+
+
+class LatencyCache:
+    """One JSON file of measurements for one timer key and batch size (see the module docs)."""
+
+    def __init__(self, cache_dir: str | Path | None, key: dict[str, Any]) -> None:
+        self.key = key
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{key['runtime']}-{key['device']}-t{key['threads']}-b{key['batch']}")[:80]
+        self.path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.path = self.path / f"{slug}-{digest}.json"
+        self.layers: dict[str, dict[str, float]] = {}
+        self.models: dict[str, float] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            return
+        try:
+            data = json.loads(self.path.read_text())
+            if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+                raise ValueError(f"not an {CACHE_FORMAT} file")
+            if data.get("key") != self.key:
+                raise ValueError(f"written for {data.get('key')!r}, not {self.key!r}")
+            layers, models = data["layers"], data["models"]
+            if not isinstance(layers, dict) or not isinstance(models, dict):
+                raise ValueError("layers/models are not objects")
+            for entries in [*layers.values(), models]:
+                if not isinstance(entries, dict) or not all(_valid_seconds(v) for v in entries.values()):
+                    raise ValueError("an entry is not a positive finite number of seconds")
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            warnings.warn(f"latency cache {self.path} is unusable ({exc}); ignoring it and measuring again", stacklevel=3)
+            return
+        self.layers = {k: {p: float(s) for p, s in v.items()} for k, v in layers.items()}
+        self.models = {k: float(v) for k, v in models.items()}
+
+    def save(self) -> None:
+        """Write the file atomically."""
+        data = {"format": CACHE_FORMAT, "key": self.key, "layers": self.layers, "models": self.models}
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def _valid_seconds(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+# ------------------------------------------------------------------------------- the table
+
+
+@dataclass
+class _LayerSpec:
+    """How to rebuild one graph layer (with what follows it) at other channel counts."""
+
+    name: str
+    module: nn.Module  # the conv/linear itself
+    norm: bool
+    activation: nn.Module | None
+    in_shape: tuple[int, ...]  # per-sample input shape
+    depthwise: bool
+    groups: int
+    key: str  # shape key, channel counts excluded
+
+    def build(self, cin: int, cout: int) -> nn.Module:
+        m = self.module
+        if isinstance(m, nn.Linear):
+            layer: nn.Module = nn.Linear(cin, cout, bias=m.bias is not None)
+        else:
+            groups = cin if self.depthwise else self.groups
+            layer = type(m)(cin, cout, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                            groups=groups, bias=m.bias is not None, padding_mode=m.padding_mode)
+        parts = [layer]
+        if self.norm:
+            dims = len(self.in_shape) - 1
+            parts.append({1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}.get(dims, nn.BatchNorm1d)(cout))
+        if self.activation is not None:
+            act = copy.deepcopy(self.activation)
+            if isinstance(act, nn.PReLU) and act.num_parameters > 1:
+                act = nn.PReLU(cout)
+            parts.append(act)
+        return nn.Sequential(*parts) if len(parts) > 1 else layer
+
+    def input(self, cin: int, batch: int) -> torch.Tensor:
+        shape = (batch, cin, *self.in_shape[1:]) if not isinstance(self.module, nn.Linear) else (batch, *self.in_shape[:-1], cin)
+        return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+
+
+def _layer_specs(model: nn.Module, example_input: torch.Tensor, graph: ModelGraph) -> list[_LayerSpec]:
+    """Each graph layer with the batch norm / activation run right after it (leaf-module execution order)."""
+    modules = dict(model.named_modules())
+    calls: list[str] = []
+    in_shapes: dict[str, tuple] = {}
+    handles = []
+    for name, m in modules.items():
+        if len(list(m.children())) == 0:
+            def hook(mod: nn.Module, inputs: tuple, output: Any, name: str = name) -> None:
+                calls.append(name)
+                if name not in in_shapes and inputs and isinstance(inputs[0], torch.Tensor):
+                    in_shapes[name] = tuple(inputs[0].shape[1:])
+            handles.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    first_call = {}
+    for i, name in enumerate(calls):
+        first_call.setdefault(name, i)
+    specs = []
+    for lc in graph.layers:
+        m = modules[lc.name]
+        i = first_call[lc.name]
+        nxt = calls[i + 1: i + 3]
+        norm, act = False, None
+        if nxt and isinstance(modules[nxt[0]], NORMS) and modules[nxt[0]].num_features == lc.out_channels:
+            norm = True
+            nxt = nxt[1:]
+        if nxt and isinstance(modules[nxt[0]], ACTIVATIONS):
+            act = modules[nxt[0]]
+        in_shape = in_shapes[lc.name]
+        if isinstance(m, nn.Linear):
+            desc: dict[str, Any] = {"type": "Linear", "bias": m.bias is not None}
+        else:
+            desc = {"type": type(m).__name__, "kernel": list(m.kernel_size), "stride": list(m.stride),
+                    "padding": str(m.padding), "dilation": list(m.dilation), "padding_mode": m.padding_mode,
+                    "groups": "depthwise" if lc.depthwise else m.groups, "bias": m.bias is not None}
+        desc.update({"input": list(in_shape[1:]) if not isinstance(m, nn.Linear) else list(in_shape[:-1]),
+                     "norm": norm, "activation": repr(act) if act is not None else None})
+        specs.append(_LayerSpec(lc.name, m, norm, act, in_shape, lc.depthwise, 1 if lc.depthwise else lc.groups,
+                                json.dumps(desc, sort_keys=True)))
+    return specs
+
+
+def _axis(full: float, low: float, points: int, multiple: int = 1) -> list[int]:
+    """``points`` channel counts from ``low`` to ``full`` (rounded to ``multiple``, deduplicated)."""
+    if low >= full or points < 2:
+        return [int(full)]
+    counts = {int(full)}
+    for v in np.linspace(low, full, points):
+        counts.add(int(min(full, max(multiple, round(v / multiple) * multiple))))
+    return sorted(counts)
+
+
+class LatencyTable:
+    """Per-layer latency grids of one model, and the vectorised ``price(kept)`` in seconds.
+
+    Attributes:
+        layers: Layer names (``graph.layers`` order).
+        grid_in, grid_out: Per layer, the measured kept input / output channel counts.
+        values: Per layer, seconds at ``(grid_in[i], grid_out[j])`` (monotone).
+        measured_total: The unpruned model's measured end-to-end seconds.
+        constant: ``measured_total`` minus the sum of the unpruned layers' entries.
+        info: Runtime, device, threads, batch, input shape.
+        measurements: How many timings this build made (0 when all came from the cache).
+    """
+
+    def __init__(self, graph: ModelGraph, grid_in: list[list[int]], grid_out: list[list[int]],
+                 values: list[np.ndarray], measured_total: float, info: dict[str, Any], measurements: int = 0) -> None:
+        self.graph = graph
+        self.layers = [lc.name for lc in graph.layers]
+        self.grid_in, self.grid_out = grid_in, grid_out
+        self.values = [np.maximum.accumulate(np.maximum.accumulate(np.asarray(v, dtype=np.float64), 0), 1) for v in values]
+        self.info = info
+        self.measurements = measurements
+        self.measured_total = float(measured_total)
+        # Padded arrays for a vectorised bilinear lookup; one-point axes get a duplicate point one channel up.
+        n = len(self.layers)
+        p = max(2, max(len(g) for g in grid_in), max(len(g) for g in grid_out))
+        self._gi = np.full((n, p), np.inf)
+        self._go = np.full((n, p), np.inf)
+        self._t = np.zeros((n, p, p))
+        self._ni = np.zeros(n, dtype=np.int64)
+        self._no = np.zeros(n, dtype=np.int64)
+        for li, (gi, go, v) in enumerate(zip(grid_in, grid_out, self.values)):
+            gi2, go2, v2 = list(gi), list(go), v
+            if len(gi2) == 1:
+                gi2, v2 = [gi2[0], gi2[0] + 1], np.vstack([v2, v2])
+            if len(go2) == 1:
+                go2, v2 = [go2[0], go2[0] + 1], np.hstack([v2, v2])
+            self._gi[li, :len(gi2)] = gi2
+            self._go[li, :len(go2)] = go2
+            self._t[li, :len(gi2), :len(go2)] = v2
+            self._ni[li], self._no[li] = len(gi2), len(go2)
+        self._rows = np.arange(n)
+        self.constant = self.measured_total - float(self.layer_latency(graph.channels).sum())
+
+    @staticmethod
+    def _segment(grid: np.ndarray, count: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.clip((grid <= x[:, None]).sum(1) - 1, 0, count - 2)
+        rows = np.arange(len(x))
+        x0, x1 = grid[rows, idx], grid[rows, idx + 1]
+        return idx, (x - x0) / (x1 - x0)
+
+    def layer_latency(self, kept: np.ndarray) -> np.ndarray:
+        """Seconds of every layer (with its BN / activation) when each unit keeps ``kept`` channels."""
+        g = self.graph
+        removed = g.channels - np.asarray(kept, dtype=np.float64)
+        in_k = g.in_full - g.in_terms @ removed
+        out_k = g.out_full - g.out_terms @ removed
+        i, ti = self._segment(self._gi, self._ni, in_k)
+        o, to = self._segment(self._go, self._no, out_k)
+        t, r = self._t, self._rows
+        v = ((1 - ti) * (1 - to) * t[r, i, o] + ti * (1 - to) * t[r, i + 1, o]
+             + (1 - ti) * to * t[r, i, o + 1] + ti * to * t[r, i + 1, o + 1])
+        return np.maximum(v, 0.0)
+
+    def price(self, kept: np.ndarray) -> float:
+        """Predicted end-to-end seconds of the model pruned to ``kept`` channels per unit."""
+        return float(self.layer_latency(kept).sum() + self.constant)
+
+    __call__ = price
+
+    def check_graph(self, graph: ModelGraph) -> None:
+        """Raise AdcError unless this table was built for ``graph``'s layers."""
+        if [lc.name for lc in graph.layers] != self.layers or not np.array_equal(graph.channels, self.graph.channels):
+            raise AdcError("the latency table was built for another model (its layers differ); build it for this model")
+
+
+def _model_key(model: nn.Module, shape: tuple[int, ...]) -> str:
+    return hashlib.sha256(f"{model!r}|{list(shape)}".encode()).hexdigest()[:24]
+
+
+def build_latency_table(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    graph: ModelGraph | None = None,
+    batch: int = 1,
+    runtime: str = "torch",
+    device: str = "cpu",
+    threads: int | None = None,
+    timer: Timer | None = None,
+    cache_dir: str | Path | None = None,
+    min_keep: float = 0.2,
+    round_to: int = 1,
+    points: int = 5,
+    progress: Progress | None = None,
+) -> LatencyTable:
+    """Measure (or read from the cache) the latency table of ``model``.
+
+    Args:
+        model: The unpruned model (not modified).
+        example_input: An input batch; its per-sample shape is the one timed.
+        graph: Its graph (traced when not given).
+        batch: Batch size of every timing.
+        runtime, device, threads: Which :class:`Timer` (ignored when ``timer`` is given).
+        timer: A ready timer (tests pass a deterministic one).
+        cache_dir: Folder of the cache files (default :func:`default_cache_dir`).
+        min_keep, round_to: The smallest kept fraction the search allows and its
+            rounding: the grid spans the kept counts they can reach.
+        points: Grid points per axis.
+        progress: Called with ``(done, total, layer name)`` as layers are measured.
+
+    Returns:
+        The :class:`LatencyTable`.
+    """
+    if batch < 1:
+        raise AdcError(f"latency batch {batch}: must be a positive integer")
+    timer = timer or make_timer(runtime, device, threads)
+    graph = graph or analyze(model, example_input[:1])
+    cache = LatencyCache(cache_dir, {**timer.key(), "batch": int(batch), "format": CACHE_FORMAT})
+    specs = _layer_specs(model, example_input, graph)
+    min_kept = np.array([u.kept(1.0 - min_keep, round_to) for u in graph.units], dtype=np.float64)
+    removed = graph.channels - min_kept
+    in_low = graph.in_full - graph.in_terms @ removed
+    out_low = graph.out_full - graph.out_terms @ removed
+    grids: list[tuple[list[int], list[int], list[tuple[int, int]]]] = []
+    for li, spec in enumerate(specs):
+        lc = graph.layers[li]
+        mult = spec.groups if spec.groups > 1 else 1
+        gi = _axis(lc.in_channels, in_low[li], points, mult)
+        if spec.depthwise:
+            ratio = lc.out_channels // lc.in_channels
+            go = [lc.out_channels]
+            pairs = [(c, c * ratio) for c in gi]
+        else:
+            go = _axis(lc.out_channels, out_low[li], points, mult)
+            pairs = [(ci, co) for ci in gi for co in go]
+        grids.append((gi, go, pairs))
+
+    todo: dict[str, set[tuple[int, int]]] = {}
+    for spec, (_, _, pairs) in zip(specs, grids):
+        have = cache.layers.get(spec.key, {})
+        todo.setdefault(spec.key, set()).update(p for p in pairs if f"{p[0]},{p[1]}" not in have)
+    total = sum(len(v) for v in todo.values())
+    model_key = _model_key(model, tuple(example_input.shape[1:]))
+    need_model = model_key not in cache.models
+    done = 0
+    measurements = 0
+    by_key = {s.key: s for s in specs}
+    for key, pairs in todo.items():
+        spec = by_key[key]
+        entries = cache.layers.setdefault(key, {})
+        for cin, cout in sorted(pairs):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                module = spec.build(cin, cout)
+            entries[f"{cin},{cout}"] = max(float(timer.time(module, spec.input(cin, batch))), 1e-9)
+            measurements += 1
+            done += 1
+            if progress:
+                progress(done, total + int(need_model), spec.name)
+        if pairs:
+            cache.save()  # after each layer shape: an interrupted build keeps what it measured
+    if need_model:
+        x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+        cache.models[model_key] = max(float(timer.time(copy.deepcopy(model), x)), 1e-9)
+        measurements += 1
+        cache.save()
+        if progress:
+            progress(total + 1, total + 1, "whole model")
+    values = []
+    for spec, (gi, go, pairs) in zip(specs, grids):
+        entries = cache.layers[spec.key]
+        if spec.depthwise:
+            values.append(np.array([[entries[f"{ci},{co}"]] for ci, co in pairs]))
+        else:
+            values.append(np.array([[entries[f"{ci},{co}"] for co in go] for ci in gi]))
+    info = {**timer.key(), "batch": int(batch), "input_shape": list(example_input.shape[1:]), "cache": str(cache.path)}
+    return LatencyTable(graph, [g[0] for g in grids], [g[1] for g in grids], values, cache.models[model_key], info,
+                        measurements)
+
+
+def measure_latency(model: nn.Module, example_input: torch.Tensor, *, batch: int = 1, runtime: str = "torch",
+                    device: str = "cpu", threads: int | None = None, timer: Timer | None = None) -> float:
+    """Median end-to-end seconds of one forward pass of ``model`` (uncached)."""
+    timer = timer or make_timer(runtime, device, threads)
+    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+    return float(timer.time(copy.deepcopy(model), x))
