@@ -45,6 +45,54 @@ def _params(graph: ModelGraph, **_: Any) -> Price:
     return lambda kept: float(cost_of_kept(graph, kept).params)
 
 
+@BUDGET_METRICS.register("latency")
+def _latency(graph: ModelGraph, *, latency_table: Any = None, **_: Any) -> Price:
+    """Predicted end-to-end seconds from a measured per-layer table (:mod:`adc.latency`).
+
+    The table must be measured beforehand and passed as ``latency_table=``:
+    :func:`adc.search` and the CLI build it (or read it from the cache) when a
+    latency budget or reward asks for it.
+    """
+    if latency_table is None:
+        raise AdcError("a latency budget needs a measured latency table: pass latency_table=adc.latency.build_latency_table(...) "
+                       "(adc search builds it when --budget latency=... is given)")
+    latency_table.check_graph(graph)
+    return latency_table.price
+
+
+@BUDGET_METRICS.register("energy")
+def _energy(graph: ModelGraph, *, energy_model: Any = None, **_: Any) -> Price:
+    """Modelled joules per sample (:mod:`adc.energy`): arithmetic plus memory traffic."""
+    from adc.energy import EnergyPrice, load_energy_model
+
+    return EnergyPrice(graph, load_energy_model(energy_model)).price
+
+
+# Units of the metrics measured in time or energy; a plain number below 1 stays a fraction.
+UNITS = {
+    "latency": ("s", {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}),
+    "energy": ("J", {"j": 1.0, "mj": 1e-3, "uj": 1e-6, "nj": 1e-9, "pj": 1e-12}),
+}
+
+
+def _parse_with_unit(text: str, key: str, value: str) -> BudgetSpec:
+    base, units = UNITS[key]
+    example = "latency=12ms" if key == "latency" else "energy=2mJ"
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµμ]*)\s*", value)
+    unit = match.group(2).replace("µ", "u").replace("μ", "u").lower() if match else ""
+    if not match or (unit and unit not in units):
+        raise AdcError(f"budget {text!r}: value must be a fraction below 1 ({key}=0.5) or an amount with a unit "
+                       f"({example}; units: {', '.join(u.replace('j', 'J') for u in units)})")
+    number = float(match.group(1))
+    if number <= 0:
+        raise AdcError(f"budget {text!r}: value must be positive")
+    if not unit:
+        if number < 1:
+            return BudgetSpec(key, number, True)
+        raise AdcError(f"budget {text!r}: give a fraction below 1 or an amount with a unit, e.g. {example}")
+    return BudgetSpec(key, number * units[unit], False)
+
+
 @dataclass(frozen=True)
 class BudgetSpec:
     """A parsed ``KEY=VALUE`` budget: a fraction of the original, or an absolute amount."""
@@ -82,6 +130,10 @@ class Budget:
 def parse_budget(text: str) -> BudgetSpec:
     """Parse ``flops=0.5`` (fraction), ``flops=120M`` or ``params=1.5e6`` (absolute).
 
+    Latency and energy take a unit for absolute values: ``latency=12ms``
+    (s, ms, us, ns; stored in seconds), ``energy=2mJ`` (J, mJ, uJ, nJ, pJ;
+    stored in joules); ``latency=0.6`` is a fraction of the unpruned model.
+
     Raises:
         AdcError: for an unknown key or a malformed / non-positive value.
     """
@@ -91,6 +143,8 @@ def parse_budget(text: str) -> BudgetSpec:
         raise AdcError(f"budget {text!r}: expected KEY=VALUE such as flops=0.5 or params=1.5M; keys: {', '.join(BUDGET_METRICS.names())}")
     if key not in BUDGET_METRICS:
         raise AdcError(f"budget {text!r}: unknown key {key!r}; valid: {', '.join(BUDGET_METRICS.names())}")
+    if key in UNITS:
+        return _parse_with_unit(text, key, value)
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGT]?)\s*", value)
     if not match:
         raise AdcError(f"budget {text!r}: value must be a fraction below 1 (0.5) or an amount with an optional K/M/G suffix (120M)")

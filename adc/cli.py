@@ -6,6 +6,7 @@ Every bad input is one line on stderr and exit code 2 (a traceback only with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from adc.cli_latency import latency_table_command
 from adc.errors import AdcError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -64,6 +66,11 @@ def search(
     warmup: Annotated[int | None, typer.Option(help="Random warm-up episodes of a learning agent.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder (default runs/<time>).")] = None,
     tensorboard: Annotated[bool | None, typer.Option("--tensorboard", help="Log episodes to TensorBoard in OUT/tb.")] = None,
+    latency: Annotated[bool | None, typer.Option("--latency", help="Record predicted latency every episode (measures a latency table; a latency budget or acc_latency does so anyway).")] = None,
+    runtime: Annotated[str | None, typer.Option(help="Latency runtime: torch or onnxruntime (default torch).")] = None,
+    latency_batch: Annotated[int | None, typer.Option(help="Batch size of the latency table's timings (default 1).")] = None,
+    cache_dir: Annotated[str | None, typer.Option(help="Latency table cache folder (default ~/.cache/adc/latency).")] = None,
+    energy_model: Annotated[str | None, typer.Option(help="TOML file overriding the energy model's per-operation costs.")] = None,
     config: Annotated[Path | None, typer.Option(help="Rerun the settings of a config.toml (flags override it).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the search in this folder to its planned total.")] = None,
 ) -> None:
@@ -87,7 +94,11 @@ def search(
                 f"best {best['reward']:.4f} | this: acc {100 * m['top1']:.1f}% flops {m['flops_ratio']:.3f} ({record['phase']})"))
 
         started = time.perf_counter()
-        result, run_dir = run_search(settings, resume=resume is not None, progress=progress, status=lambda s: bar.console.print(s))
+        def table_progress(done: int, total: int, layer: str) -> None:
+            bar.update(task, info=f"measuring latency table {done}/{total}: {layer}")
+
+        result, run_dir = run_search(settings, resume=resume is not None, progress=progress, status=lambda s: bar.console.print(s),
+                                     table_progress=table_progress)
     _print_result(result, run_dir, time.perf_counter() - started)
     if result.interrupted:
         console.print("[yellow]interrupted: the best policy so far and its model were written; "
@@ -119,21 +130,55 @@ def profile(
     data: Annotated[str | None, typer.Option(help="Data spec giving the input shape and classes.")] = None,
     input_shape: Annotated[str | None, typer.Option(help="C,H,W when no data is given (default 3,224,224 for torchvision, 3,32,32 otherwise).")] = None,
     num_classes: Annotated[int | None, typer.Option(help="Classes when no data is given.")] = None,
+    energy_model: Annotated[str | None, typer.Option(help="TOML file overriding the energy model's per-operation costs.")] = None,
+    latency: Annotated[bool, typer.Option("--latency", help="Also measure a latency table (cached) and show each unit's latency.")] = False,
+    runtime: Annotated[str, typer.Option(help="Latency runtime: torch or onnxruntime.")] = "torch",
+    device: Annotated[str, typer.Option(help="Latency device: cpu or cuda.")] = "cpu",
+    batch: Annotated[int, typer.Option(help="Batch size of the latency timings.")] = 1,
+    cache_dir: Annotated[str | None, typer.Option(help="Latency table cache folder.")] = None,
 ) -> None:
-    """Print one row per prunable unit: kind, channels, feature map, MACs and params with their shares."""
-    from adc.profile import human, profile_model
+    """Print one row per prunable unit: kind, channels, feature map, MACs, params and energy (and latency) with shares."""
+    from adc.cli_latency import table_progress
+    from adc.latency import RUNTIMES
+    from adc.profile import human, profile_model_full
+    from adc.search import check_device
 
-    rows, total_macs, total_params, shape = profile_model(model, data=data, input_shape=_parse_shape(input_shape),
-                                                          num_classes=num_classes)
-    table = Table(title=f"{model}: {len(rows)} prunable units, input {tuple(shape)}")
-    for col in ("#", "unit", "kind", "in", "channels", "feature map", "MACs", "MACs %", "params", "params %"):
+    if latency:
+        if runtime not in RUNTIMES:
+            raise AdcError(f"--runtime {runtime!r}: valid: {', '.join(RUNTIMES)}")
+        check_device(device)
+    with table_progress() if latency else _no_progress() as update:
+        prof = profile_model_full(model, data=data, input_shape=_parse_shape(input_shape), num_classes=num_classes,
+                                  energy_model=energy_model, latency=latency, runtime=runtime, device=device,
+                                  batch=batch, cache_dir=cache_dir, progress=update)
+    rows = prof.rows
+    table = Table(title=f"{model}: {len(rows)} prunable units, input {tuple(prof.shape)}")
+    cols = ["#", "unit", "kind", "in", "channels", "feature map", "MACs", "MACs %", "params", "params %", "energy", "energy %"]
+    if latency:
+        cols += ["latency", "latency %"]
+    for col in cols:
         table.add_column(col, justify="left" if col in ("unit", "kind") else "right")
     for r in rows:
-        table.add_row(str(r.index), r.name, r.kind, str(r.in_channels), str(r.channels), f"{r.height}x{r.width}",
-                      human(r.macs), f"{100 * r.macs_share:.1f}", human(r.params), f"{100 * r.params_share:.1f}")
+        cells = [str(r.index), r.name, r.kind, str(r.in_channels), str(r.channels), f"{r.height}x{r.width}",
+                 human(r.macs), f"{100 * r.macs_share:.1f}", human(r.params), f"{100 * r.params_share:.1f}",
+                 f"{1e6 * r.energy:.1f} uJ", f"{100 * r.energy_share:.1f}"]
+        if latency:
+            cells += [f"{1e3 * r.latency:.3f} ms", f"{100 * r.latency_share:.1f}"]
+        table.add_row(*cells)
     console.print(table)
-    console.print(f"total: {human(total_macs)} MACs ({human(2 * total_macs)} FLOPs), {human(total_params)} params. "
-                  "A unit's MACs/params are those of every layer whose channels it holds; shares overlap.")
+    console.print(f"total: {human(prof.macs)} MACs ({human(2 * prof.macs)} FLOPs), {human(prof.params)} params, "
+                  f"{1e3 * prof.energy:.4g} mJ modelled energy per sample (adc.energy, Horowitz 45 nm unless --energy-model)"
+                  + (f", {1e3 * prof.latency:.3f} ms measured ({prof.latency_info['runtime']}, {prof.latency_info['threads']} "
+                     f"threads, batch {prof.latency_info['batch']})" if latency else "") + ". "
+                  "A unit's costs are those of every layer whose channels it holds; shares overlap.")
+
+
+@contextlib.contextmanager
+def _no_progress() -> Any:
+    yield None
+
+
+app.command("latency-table")(latency_table_command)
 
 
 @app.command()

@@ -425,27 +425,32 @@ class LatencyTable:
             self._go[li, :len(go2)] = go2
             self._t[li, :len(gi2), :len(go2)] = v2
             self._ni[li], self._no[li] = len(gi2), len(go2)
-        self._rows = np.arange(n)
+        # Flat views for the lookup: both axes at once (rows 0..n-1: input axis, n..2n-1: output axis).
+        self._p = p
+        self._grid = np.vstack([self._gi, self._go])
+        self._last = np.concatenate([self._ni, self._no]) - 2
+        self._row_base = np.arange(2 * n) * p
+        self._flat_grid = self._grid.ravel()
+        self._flat_t = self._t.ravel()
+        self._t_base = np.arange(n) * p * p
+        self._terms = np.vstack([graph.in_terms, graph.out_terms])
+        self._full = np.concatenate([graph.in_full, graph.out_full])
         self.constant = self.measured_total - float(self.layer_latency(graph.channels).sum())
-
-    @staticmethod
-    def _segment(grid: np.ndarray, count: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.clip((grid <= x[:, None]).sum(1) - 1, 0, count - 2)
-        rows = np.arange(len(x))
-        x0, x1 = grid[rows, idx], grid[rows, idx + 1]
-        return idx, (x - x0) / (x1 - x0)
 
     def layer_latency(self, kept: np.ndarray) -> np.ndarray:
         """Seconds of every layer (with its BN / activation) when each unit keeps ``kept`` channels."""
         g = self.graph
-        removed = g.channels - np.asarray(kept, dtype=np.float64)
-        in_k = g.in_full - g.in_terms @ removed
-        out_k = g.out_full - g.out_terms @ removed
-        i, ti = self._segment(self._gi, self._ni, in_k)
-        o, to = self._segment(self._go, self._no, out_k)
-        t, r = self._t, self._rows
-        v = ((1 - ti) * (1 - to) * t[r, i, o] + ti * (1 - to) * t[r, i + 1, o]
-             + (1 - ti) * to * t[r, i, o + 1] + ti * to * t[r, i + 1, o + 1])
+        x = self._full - self._terms @ (g.channels - np.asarray(kept, dtype=np.float64))  # kept in (n) then out (n)
+        idx = np.minimum(np.maximum((self._grid <= x[:, None]).sum(1) - 1, 0), self._last)
+        flat = self._row_base + idx
+        x0 = self._flat_grid[flat]
+        frac = (x - x0) / (self._flat_grid[flat + 1] - x0)
+        n, p = len(self.layers), self._p
+        i, o, ti, to = idx[:n], idx[n:], frac[:n], frac[n:]
+        base = self._t_base + i * p + o
+        t = self._flat_t
+        v = ((1 - ti) * ((1 - to) * t[base] + to * t[base + 1])
+             + ti * ((1 - to) * t[base + p] + to * t[base + p + 1]))
         return np.maximum(v, 0.0)
 
     def price(self, kept: np.ndarray) -> float:
@@ -571,3 +576,22 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, *, batch: int
     timer = timer or make_timer(runtime, device, threads)
     x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
     return float(timer.time(copy.deepcopy(model), x))
+
+
+def measured_speedup(original: nn.Module, pruned: nn.Module, example_input: torch.Tensor, *, runtime: str = "torch",
+                     device: str = "cpu", threads: int | None = None, rounds: int = 3) -> dict[str, Any]:
+    """Time the unpruned and the pruned model at batch 1 (interleaved, ``rounds`` each, median); cheap.
+
+    Returns:
+        ``{"original_s", "pruned_s", "speedup", "runtime", "device", "threads"}``.
+    """
+    timer = make_timer(runtime, device, threads, warmup=2, repeats=3, min_sample=0.005)
+    x = example_input[:1].to("cpu")
+    first, second = copy.deepcopy(original).cpu(), copy.deepcopy(pruned).cpu()
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(timer.time(first, x))
+        b.append(timer.time(second, x))
+    t0, t1 = statistics.median(a), statistics.median(b)
+    return {"original_s": t0, "pruned_s": t1, "speedup": t0 / t1, "runtime": timer.runtime, "device": timer.device,
+            "threads": timer.threads}

@@ -137,6 +137,25 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
+def _speed_lines(speed: Mapping[str, Any] | None, o: Mapping[str, Any], m: Mapping[str, Any], flops_ratio: float) -> list[str]:
+    """Measured latency speedup next to the FLOPs reduction, and the modelled energy / predicted latency."""
+    lines = []
+    if speed and "speedup" in speed:
+        lines.append(
+            f"Measured latency at batch 1 ({speed['runtime']} on {speed['device']}, {speed['threads']} threads, median of a few "
+            f"repeats): {1e3 * speed['original_s']:.3f} ms -> {1e3 * speed['pruned_s']:.3f} ms, "
+            f"**{speed['speedup']:.2f}x faster**, for {1 / flops_ratio:.2f}x fewer FLOPs.")
+    elif speed:
+        lines.append(f"Measured latency: not measured ({speed.get('error', 'unknown reason')}).")
+    if "energy" in m and "original_energy" in o:
+        lines.append(f"Modelled energy per sample (adc.energy): {1e3 * o['original_energy']:.4g} mJ -> "
+                     f"{1e3 * m['energy']:.4g} mJ ({m['energy'] / o['original_energy']:.4f}).")
+    if "latency" in m and "original_latency" in o:
+        lines.append(f"Latency predicted by the table: {1e3 * o['original_latency']:.3f} ms -> {1e3 * m['latency']:.3f} ms "
+                     f"({m['latency'] / o['original_latency']:.4f}).")
+    return [*lines, ""] if lines else []
+
+
 def write_report(
     path: Path,
     *,
@@ -146,6 +165,7 @@ def write_report(
     counted: Mapping[str, float],
     test: Mapping[str, float] | None = None,
     wall_time: float | None = None,
+    speed: Mapping[str, Any] | None = None,
 ) -> Path:
     """``report.md``: what was searched, the best policy per unit, accuracy and costs before/after.
 
@@ -156,6 +176,8 @@ def write_report(
         counted: Costs of the saved pruned model measured independently with FlopCounterMode.
         test: Test-split accuracies ``{"original": .., "pruned": ..}`` when data was given.
         wall_time: Seconds the whole search took.
+        speed: Measured latency of the unpruned and the saved pruned model
+            (:func:`adc.latency.measured_speedup`), or ``{"error": ...}``.
     """
     from adc.cost import cost_of_kept, layer_costs
 
@@ -193,6 +215,8 @@ def write_report(
         "",
         f"Saved model counted independently with FlopCounterMode: {human(counted['flops'])} FLOPs, "
         f"{human(counted['params'])} params.",
+        "",
+        *_speed_lines(speed, o, m, after.flops / o["original_flops"]),
         "",
         "Budget use of the best policy (cost / limit): "
         + ", ".join(f"{k} {v:.4f}" for k, v in next(r for r in history if r["reward"] == result.reward)["budget_use"].items()),

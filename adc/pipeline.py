@@ -54,6 +54,11 @@ class SearchConfig:
     warmup: int | None = None
     out: str | None = None
     tensorboard: bool = False
+    latency: bool = False
+    runtime: str = "torch"
+    latency_batch: int = 1
+    cache_dir: str | None = None
+    energy_model: str | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> SearchConfig:
@@ -81,6 +86,14 @@ class SearchConfig:
         CRITERIA.get(self.criterion)
         get_reward(self.reward)
         check_device(self.device)
+        from adc.energy import load_energy_model
+        from adc.latency import RUNTIMES
+
+        if self.runtime not in RUNTIMES:
+            raise AdcError(f"--runtime {self.runtime!r}: valid: {', '.join(RUNTIMES)}")
+        if self.latency_batch < 1:
+            raise AdcError(f"--latency-batch {self.latency_batch}: must be a positive integer")
+        load_energy_model(self.energy_model)
         if self.episodes < 1:
             raise AdcError(f"--episodes {self.episodes}: need at least 1")
         if not 0 < self.min_keep <= 1:
@@ -114,6 +127,7 @@ def run_search(
     resume: bool = False,
     progress: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     status: Callable[[str], None] | None = None,
+    table_progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[SearchResult, Path]:
     """Run a whole search and write its folder.
 
@@ -148,6 +162,8 @@ def run_search(
         min_keep=config.min_keep, bn_calibration=config.bn_calibration, val_size=config.val_size,
         reconstruct=config.reconstruct, fill_budget=config.fill_budget, device=config.device,
         agent_options=options, out=out, resume=resume, progress=progress,
+        latency=config.latency, runtime=config.runtime, latency_batch=config.latency_batch, cache_dir=config.cache_dir,
+        energy_model=config.energy_model, table_progress=table_progress,
     )
     if writer is not None:
         writer.close()
@@ -203,5 +219,18 @@ def write_outputs(out: Path, result: SearchResult, model: nn.Module, x: torch.Te
     graph = result._pruner.graph
     plot_policy(out / "policy.png", graph, result.kept)
     plot_rewards(out / "reward.png", result.history)
+    speed = _speedup(model, pruned_cpu, x, settings)
     write_report(out / "report.md", graph=graph, result=result, settings=settings, counted=counted._asdict(),
-                 test=test, wall_time=wall_time)
+                 test=test, wall_time=wall_time, speed=speed)
+
+
+def _speedup(model: nn.Module, pruned: nn.Module, x: torch.Tensor, settings: dict[str, Any]) -> dict[str, Any]:
+    """Measured latency of the unpruned vs the saved pruned model at batch 1 (a few repeats; for the report)."""
+    from adc.latency import measured_speedup
+
+    runtime = settings.get("runtime") or "torch"
+    device = settings.get("device") or "cpu"
+    try:
+        return measured_speedup(model, pruned, x, runtime=runtime, device=device if runtime == "torch" else "cpu")
+    except Exception as exc:  # an optional report line: never lose the finished search over it
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", "runtime": runtime}

@@ -64,7 +64,9 @@ def _patches(module: nn.Module, x: torch.Tensor, points: int, gen: torch.Generat
     """
     if isinstance(module, nn.Linear):
         rows = x.reshape(-1, x.shape[-1])
-        return rows if len(rows) <= points * x.shape[0] else rows[torch.randperm(len(rows), generator=gen)[: points * x.shape[0]]]
+        if len(rows) > points * x.shape[0]:
+            rows = rows[torch.randperm(len(rows), generator=gen)[: points * x.shape[0]]]
+        return rows.double()
     n, c = x.shape[:2]
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode

@@ -2,8 +2,9 @@
 
 A reward is a function of a metrics record (a dict) returning a float. The
 record holds ``top1``, ``top5``, ``loss`` and, for each cost (``macs``,
-``flops``, ``params``, and any other budget metric), its value, its unpruned
-value (``original_flops``) and its fraction of the original (``flops_ratio``).
+``flops``, ``params``, ``energy`` in joules, ``latency`` in seconds when a
+latency table was measured, and any other budget metric), its value, its
+unpruned value (``original_flops``) and its fraction of the original (``flops_ratio``).
 
 Built-in rewards live in :data:`REWARDS`; ``package.module:fn`` or
 ``path/to/file.py:fn`` plugs in a user function. A plugin is checked once, on
@@ -41,6 +42,26 @@ def acc_flops(m: Mapping[str, Any]) -> float:
 def acc_params(m: Mapping[str, Any]) -> float:
     """``-error x log(params)``: prefers fewer parameters at equal accuracy."""
     return -(1.0 - float(m["top1"])) * math.log(float(m["params"]))
+
+
+@REWARDS.register("acc_latency")
+def acc_latency(m: Mapping[str, Any]) -> float:
+    """``-error x log(1 + latency in microseconds)``: prefers faster networks at equal accuracy.
+
+    Needs a latency table (``adc search`` measures one when this reward is chosen).
+    Microseconds (and the 1 +) keep the logarithm positive, as FLOPs counts do for ``acc_flops``.
+    """
+    return -(1.0 - float(m["top1"])) * math.log1p(float(m["latency"]) * 1e6)
+
+
+@REWARDS.register("acc_energy")
+def acc_energy(m: Mapping[str, Any]) -> float:
+    """``-error x log(1 + energy in picojoules)``: prefers less energy at equal accuracy."""
+    return -(1.0 - float(m["top1"])) * math.log1p(float(m["energy"]) * 1e12)
+
+
+# Rewards that read a metric only available with a measured latency table.
+NEEDS_LATENCY = frozenset({"acc_latency"})
 
 
 def get_reward(spec: str | Reward) -> Reward:

@@ -23,7 +23,9 @@ from torch import nn
 
 from adc.budgets import BudgetSpec
 from adc.data import DataSplits
+from adc.energy import load_energy_model
 from adc.errors import AdcError
+from adc.latency import build_latency_table
 from adc.pruning import ChannelPruner
 from adc.rewards import Reward
 from adc.serialization import atomic_write_text
@@ -121,6 +123,20 @@ def validation_evaluator(splits: DataSplits, *, val_size: int, device: torch.dev
     return evaluate
 
 
+def needs_latency(budgets: Iterable[str | BudgetSpec | Any], reward: Any, latency: bool = False) -> bool:
+    """Whether a search must measure a latency table: a latency budget, a latency reward, or asked."""
+    from adc.budgets import Budget, parse_budget
+    from adc.rewards import NEEDS_LATENCY
+
+    keys = set()
+    for b in budgets:
+        if isinstance(b, (BudgetSpec, Budget)):
+            keys.add(b.key)
+        else:
+            keys.add(parse_budget(str(b)).key)
+    return latency or "latency" in keys or (isinstance(reward, str) and reward in NEEDS_LATENCY)
+
+
 def search(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -149,6 +165,14 @@ def search(
     checkpoint_every: int = 10,
     progress: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     bn_images: torch.Tensor | None = None,
+    latency: bool = False,
+    latency_table: Any = None,
+    runtime: str = "torch",
+    latency_batch: int = 1,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    energy_model: Any = None,
+    table_progress: Callable[[int, int, str], None] | None = None,
 ) -> SearchResult:
     """Search the per-unit sparsity that maximises the reward under every budget.
 
@@ -177,6 +201,15 @@ def search(
         checkpoint_every: Episodes between checkpoints.
         progress: Called after each episode with ``(episode_record, best_record)``.
         bn_images: Images for BN recalibration when ``data`` is not given.
+        latency: Record every episode's predicted latency even without a latency
+            budget or reward (a latency table is measured, or read from the cache).
+        latency_table: A ready :class:`~adc.latency.LatencyTable`; otherwise one is
+            built when a latency budget, ``acc_latency`` or ``latency=True`` asks for it,
+            with ``runtime`` (torch / onnxruntime) on ``device``, ``latency_batch``,
+            ``threads`` and ``cache_dir`` (see :func:`adc.latency.build_latency_table`).
+            Default searches measure nothing.
+        energy_model: :class:`~adc.energy.EnergyModel` or a TOML path (default: Horowitz 45 nm).
+        table_progress: ``(done, total, layer)`` while the latency table is measured.
 
     Returns:
         The :class:`SearchResult`; interrupted searches (Ctrl-C) return what they found.
@@ -205,9 +238,15 @@ def search(
     if bn_images is not None:
         bn_images = bn_images.to(dev)
 
+    energy_model = load_energy_model(energy_model)
+    if latency_table is None and needs_latency(budgets, reward, latency):
+        latency_table = build_latency_table(model, example_input, batch=latency_batch, runtime=runtime, device=device,
+                                            threads=threads, cache_dir=cache_dir, min_keep=min_keep, round_to=round_to,
+                                            progress=table_progress)
     env = PruningEnv(model, example_input, evaluate=evaluate, budgets=budgets, reward=reward, criterion=criterion,
                      round_to=round_to, min_keep=min_keep, bn_images=bn_images, calibration=calibration,
-                     reconstruct=reconstruct, fill_budget=fill_budget, seed=seed)
+                     reconstruct=reconstruct, fill_budget=fill_budget, seed=seed, latency_table=latency_table,
+                     energy_model=energy_model)
 
     out_dir = Path(out) if out is not None else None
     history: list[dict[str, Any]] = []

@@ -135,7 +135,9 @@ def load(path: str | Path) -> nn.Module:
     from adc.pruning import remove_channels
 
     header, state = read_header(path)
-    spec = header["model"]
+    spec = header.get("model")
+    if not isinstance(spec, dict) or not {"spec", "num_classes", "in_channels"} <= spec.keys():
+        raise AdcError(f"model file {str(path)!r} does not say how to rebuild its architecture (header 'model': {spec!r})")
     model = build_model(spec["spec"], num_classes=spec["num_classes"], in_channels=spec["in_channels"])
     pruning = header.get("pruning")
     if pruning and pruning.get("kept"):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adc.budgets import Budget, BudgetSpec, resolve_budgets
+from adc.budgets import Budget, BudgetSpec, Price, resolve_budgets
 from adc.cost import cost_of_kept
 from adc.errors import AdcError
 from adc.graph import Unit
@@ -112,6 +112,11 @@ class PruningEnv(gym.Env):
     - ``calibration``: training batches for data-driven criteria and reconstruction.
     - ``reconstruct``: refit pruned layers by least squares; ``fill_budget``: see above.
     - ``pruner``: a prebuilt :class:`~adc.pruning.ChannelPruner` (shares the trace and ranking).
+    - ``latency_table``: a measured :class:`~adc.latency.LatencyTable` (needed by a latency
+      budget); with it every record carries ``latency`` (seconds, predicted).
+    - ``energy_model``: :class:`~adc.energy.EnergyModel` or TOML path (default: Horowitz 45 nm);
+      every record carries ``energy`` (joules per sample, modelled).
+    - ``extra_metrics``: more ``name -> price(kept)`` functions recorded in every record.
     """
 
     metadata = {"render_modes": []}
@@ -134,6 +139,9 @@ class PruningEnv(gym.Env):
         fill_budget: bool = True,
         seed: int = 0,
         pruner: ChannelPruner | None = None,
+        latency_table: Any = None,
+        energy_model: Any = None,
+        extra_metrics: Mapping[str, Price] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < min_keep <= max_keep <= 1.0:
@@ -159,7 +167,8 @@ class PruningEnv(gym.Env):
         specs = [b for b in budgets if not isinstance(b, Budget)]
         self.budgets = [b for b in budgets if isinstance(b, Budget)]
         if specs or not self.budgets:
-            self.budgets += resolve_budgets(specs, self.graph, self._min_kept)
+            self.budgets += resolve_budgets(specs, self.graph, self._min_kept,
+                                            latency_table=latency_table, energy_model=energy_model)
         self._check_budgets_reachable()
 
         primary = self.budgets[0].key
@@ -177,6 +186,7 @@ class PruningEnv(gym.Env):
 
         self.action_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (len(OBSERVATION_FEATURES),), np.float32)
+        self.extra_metrics = self._extra_metrics(latency_table, energy_model, extra_metrics)
         self.original_record = self._record(self.graph.channels, self._evaluate(self.pruner.model, recalibrate=False))
         check_reward(self.reward_fn, self.original_record, label=f"reward {reward!r}" if isinstance(reward, str) else "reward")
         self._seed = seed
@@ -263,11 +273,24 @@ class PruningEnv(gym.Env):
         values = {"macs": (costs.macs, full.macs), "flops": (costs.flops, full.flops), "params": (costs.params, full.params)}
         for b in self.budgets:
             values.setdefault(b.key, (b.price(kept), b.original))
+        for key, (price, original) in self.extra_metrics.items():
+            values.setdefault(key, (price(kept), original))
         for key, (value, original) in values.items():
             record[key] = float(value)
             record[f"original_{key}"] = float(original)
             record[f"{key}_ratio"] = float(value) / max(float(original), 1e-12)
         return record
+
+    def _extra_metrics(self, latency_table: Any, energy_model: Any,
+                       extra: Mapping[str, Price] | None) -> dict[str, tuple[Price, float]]:
+        """Metrics recorded besides the budgets: energy always (analytic), latency with a table."""
+        from adc.budgets import BUDGET_METRICS
+
+        prices: dict[str, Price] = {"energy": BUDGET_METRICS.get("energy")(self.graph, energy_model=energy_model)}
+        if latency_table is not None:
+            prices["latency"] = BUDGET_METRICS.get("latency")(self.graph, latency_table=latency_table)
+        prices.update(extra or {})
+        return {k: (p, float(p(self.graph.channels))) for k, p in prices.items()}
 
     def _reset_state(self) -> None:
         self._i = 0

@@ -219,7 +219,7 @@ def test_cost_matches_flop_counter(src: str, name: str, shape: tuple[int, ...], 
     for round_to in (1, 8):
         # The ranking does not change costs; "random" is the cheapest to compute.
         pruner = ChannelPruner(model, x, criterion="random", round_to=round_to, graph=graph)
-        for policy in _random_policies(graph, 3, seed=hash((name, round_to)) % 2**32):
+        for policy in _random_policies(graph, 3, seed=round_to):
             analytic = cost(graph, policy, round_to)
             measured = count(pruner.prune(policy), x)
             worst_flops = max(worst_flops, abs(analytic.flops - measured.flops) / measured.flops)
@@ -391,7 +391,7 @@ def test_reconstruction_lowers_next_layer_error(name: str) -> None:
         pruner = ChannelPruner(model, x, calibration=calibration, reconstruct=reconstruct, graph=graph)
         pruned = pruner.prune({unit.name: 0.5})
         errors[reconstruct] = (consumer_output(pruned) - target).pow(2).mean().item()
-    assert errors[True] < 0.8 * errors[False], errors
+    assert errors[True] < 0.5 * errors[False], errors  # measured: 5x lower (vgg_small), 4x (plain20)
 
 
 def test_reconstruct_needs_calibration() -> None:

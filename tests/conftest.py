@@ -1,0 +1,71 @@
+"""Shared fixtures: one trained reference model for the whole session.
+
+Training the embedded default (``zoo:plain20`` on digits, what ``adc search``
+uses when no model is given) is the slowest thing the tests need, so it
+happens once per session, in a session cache that ``$ADC_CACHE_DIR`` points to
+for the rest of the session -- the CLI tests (in-process and subprocesses)
+then find the same file instead of training again. Set
+``ADC_TEST_CACHE_DIR=/some/dir`` to reuse that cache across test runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from adc.data import DataSplits, load_data
+from adc.models import build_model, load_checkpoint
+from adc.pretrained import DEFAULT_DATA, DEFAULT_EPOCHS, DEFAULT_MODEL, ensure_trained
+
+
+@pytest.fixture(scope="session")
+def adc_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``$ADC_CACHE_DIR`` for the session: ``$ADC_TEST_CACHE_DIR`` if set, else a fresh temporary folder."""
+    path = Path(os.environ.get("ADC_TEST_CACHE_DIR") or tmp_path_factory.mktemp("adc-cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    old = os.environ.get("ADC_CACHE_DIR")
+    os.environ["ADC_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ADC_CACHE_DIR", None)
+    else:
+        os.environ["ADC_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def digits() -> DataSplits:
+    """The digits splits the default model was trained on (same seed and validation fraction)."""
+    return load_data(DEFAULT_DATA)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(adc_cache_dir: Path) -> Path:
+    """State dict of the embedded default model, trained exactly as ``adc search`` trains it (once per session)."""
+    return ensure_trained(DEFAULT_MODEL, DEFAULT_DATA, epochs=DEFAULT_EPOCHS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def make_trained(trained_checkpoint: Path, digits: DataSplits) -> Callable[[], nn.Module]:
+    """A factory of fresh copies of the trained default model (tests may change their copy)."""
+
+    def make() -> nn.Module:
+        model = build_model(DEFAULT_MODEL, num_classes=digits.num_classes, in_channels=digits.in_channels)
+        return load_checkpoint(model, trained_checkpoint).eval()
+
+    return make
+
+
+@pytest.fixture
+def trained(make_trained: Callable[[], nn.Module]) -> nn.Module:
+    """A fresh copy of the trained default model."""
+    return make_trained()
+
+
+@pytest.fixture(scope="session")
+def digits_input(digits: DataSplits) -> torch.Tensor:
+    return torch.zeros(1, digits.in_channels, *digits.image_size)
