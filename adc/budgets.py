@@ -137,6 +137,7 @@ def parse_budget(text: str) -> BudgetSpec:
     Raises:
         AdcError: for an unknown key or a malformed / non-positive value.
     """
+    keys = f"keys: {', '.join(BUDGET_METRICS.names())}"  # every message names the valid keys
     key, sep, value = text.partition("=")
     key = key.strip().lower()
     if not sep or not key or not value.strip():
@@ -147,15 +148,15 @@ def parse_budget(text: str) -> BudgetSpec:
         return _parse_with_unit(text, key, value)
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGT]?)\s*", value)
     if not match:
-        raise AdcError(f"budget {text!r}: value must be a fraction below 1 (0.5) or an amount with an optional K/M/G suffix (120M)")
+        raise AdcError(f"budget {text!r}: value must be a fraction below 1 (0.5) or an amount with an optional K/M/G suffix (120M); {keys}")
     number = float(match.group(1))
     suffix = match.group(2).upper()
     if number <= 0:
-        raise AdcError(f"budget {text!r}: value must be positive")
+        raise AdcError(f"budget {text!r}: value must be positive; {keys}")
     if not suffix and number < 1:
         return BudgetSpec(key, number, True)
     if not suffix and number == 1:
-        raise AdcError(f"budget {text!r}: 1 would prune nothing; give a fraction below 1 or an absolute amount like {key}=120M")
+        raise AdcError(f"budget {text!r}: 1 would prune nothing; give a fraction below 1 or an absolute amount like {key}=120M; {keys}")
     return BudgetSpec(key, number * SUFFIXES[suffix], False)
 
 

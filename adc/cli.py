@@ -83,6 +83,7 @@ def search(
     if resume is not None:
         settings.out = str(resume)
     settings = dataclasses.replace(settings, **given)
+    settings.validate()  # refuse bad flags before the progress bar is drawn
 
     with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
@@ -202,7 +203,8 @@ def main() -> None:
     except AdcError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        # One line whatever the terminal width: rich would wrap a long message at 80 columns.
+        print("error: " + " ".join(str(exc).splitlines()), file=sys.stderr)
         sys.exit(2)
 
 

@@ -12,11 +12,15 @@ interpolated (linearly extrapolated below the grid); after measuring, the grid
 is made monotone (running maximum along each axis) so that fewer channels never
 cost more, which the search's clipping (a binary search) relies on.
 
-A policy's latency is the sum of its layers' interpolated entries plus a
-constant: the unpruned model's measured end-to-end latency minus the sum of
-the unpruned layers' entries, which accounts for what the table does not time
-(pooling, residual additions, the framework's per-call overhead, and the
-difference between timing a layer alone and in a network). Timing conv + BN +
+A policy's latency is ``scale * (sum of its layers' interpolated entries) +
+constant``, calibrated on two end-to-end measurements: the unpruned model and
+the model with every unit at ``min_keep``. The constant accounts for what the
+table does not time (pooling, residual additions, the framework's per-call
+overhead); the scale for the systematic difference between timing a layer alone
+and inside the network (caches, memory allocation; isolated timings ran 10-40%
+high on a 2-core CPU). With a single point (``min_keep=1``), or a scale outside
+[0.2, 5] (a noisy measurement), the scale is 1 and the constant is the unpruned
+latency minus the sum of the unpruned entries, as in NetAdapt. Timing conv + BN +
 activation together rather than the conv alone keeps the channel-dependent
 part of BN and activation in the table, where it shrinks with pruning, rather
 than in the constant, where it would not.
@@ -111,7 +115,10 @@ class Timer:
     def key(self) -> dict[str, Any]:
         """What a measurement depends on besides the layer: cache files are keyed by it."""
         device = f"cuda:{torch.cuda.get_device_name()}" if self.device.startswith("cuda") else f"cpu:{_cpu_name()}"
-        return {"runtime": self.runtime, "version": self.version, "device": device, "threads": int(self.threads)}
+        key = {"runtime": self.runtime, "version": self.version, "device": device, "threads": int(self.threads)}
+        if getattr(self, "statistic", "median") != "median":
+            key["statistic"] = self.statistic
+        return key
 
 
 @contextlib.contextmanager
@@ -125,8 +132,8 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def _median_time(run: Callable[[], Any], *, warmup: int, repeats: int, min_sample: float,
-                 clock: Callable[[Callable[[], Any], int], float] | None = None) -> float:
-    """Median over ``repeats`` samples of the mean time of ``run``; each sample loops long enough to last ``min_sample``."""
+                 clock: Callable[[Callable[[], Any], int], float] | None = None, statistic: str = "median") -> float:
+    """Median (or min) over ``repeats`` samples of the mean time of ``run``; each sample loops long enough to last ``min_sample``."""
 
     def wall(fn: Callable[[], Any], n: int) -> float:
         t0 = time.perf_counter()
@@ -139,7 +146,8 @@ def _median_time(run: Callable[[], Any], *, warmup: int, repeats: int, min_sampl
         run()
     once = max(clock(run, 1), 1e-7)
     inner = max(1, min(1000, int(math.ceil(min_sample / once))))
-    return statistics.median(clock(run, inner) / inner for _ in range(repeats))
+    samples = [clock(run, inner) / inner for _ in range(repeats)]
+    return min(samples) if statistic == "min" else statistics.median(samples)
 
 
 class TorchTimer(Timer):
@@ -148,14 +156,16 @@ class TorchTimer(Timer):
     Args:
         device: ``cpu`` or ``cuda[:N]``.
         threads: CPU threads (default: ``torch.get_num_threads()``).
-        warmup, repeats, min_sample: Warm-up calls, timed samples (median), and
+        warmup, repeats, min_sample: Warm-up calls, timed samples, and
             the least seconds one sample lasts (short layers are looped).
+        statistic: ``median`` of the samples (default) or ``min`` (steadier on a
+            machine shared with other work).
     """
 
     runtime = "torch"
 
     def __init__(self, device: str = "cpu", threads: int | None = None, *, warmup: int = 3, repeats: int = 7,
-                 min_sample: float = 0.002) -> None:
+                 min_sample: float = 0.002, statistic: str = "median") -> None:
         from adc.search import check_device
 
         check_device(device)
@@ -163,6 +173,9 @@ class TorchTimer(Timer):
         self.threads = int(threads or torch.get_num_threads())
         self.version = torch.__version__
         self.warmup, self.repeats, self.min_sample = warmup, repeats, min_sample
+        if statistic not in ("median", "min"):
+            raise AdcError(f"timing statistic {statistic!r}: valid: median, min")
+        self.statistic = statistic
 
     def time(self, module: nn.Module, x: torch.Tensor) -> float:
         module = module.to(self.device).eval()
@@ -179,7 +192,7 @@ class TorchTimer(Timer):
                 return start.elapsed_time(end) / 1000.0
         with _torch_threads(self.threads), torch.inference_mode():
             return _median_time(lambda: module(x), warmup=self.warmup, repeats=self.repeats,
-                                min_sample=self.min_sample, clock=clock)
+                                min_sample=self.min_sample, clock=clock, statistic=self.statistic)
 
 
 class OnnxTimer(Timer):
@@ -188,7 +201,7 @@ class OnnxTimer(Timer):
     runtime = "onnxruntime"
 
     def __init__(self, device: str = "cpu", threads: int | None = None, *, warmup: int = 3, repeats: int = 7,
-                 min_sample: float = 0.002) -> None:
+                 min_sample: float = 0.002, statistic: str = "median") -> None:
         from adc.search import check_device
 
         check_device(device)
@@ -203,6 +216,9 @@ class OnnxTimer(Timer):
         self.threads = int(threads or torch.get_num_threads())
         self.version = ort.__version__
         self.warmup, self.repeats, self.min_sample = warmup, repeats, min_sample
+        if statistic not in ("median", "min"):
+            raise AdcError(f"timing statistic {statistic!r}: valid: median, min")
+        self.statistic = statistic
 
     def session(self, module: nn.Module, x: torch.Tensor) -> Any:
         """An onnxruntime session running ``module`` (exported at ``x``'s shape)."""
@@ -222,7 +238,7 @@ class OnnxTimer(Timer):
         session = self.session(module, x)
         feed = {session.get_inputs()[0].name: x.cpu().numpy()}
         return _median_time(lambda: session.run(None, feed), warmup=self.warmup, repeats=self.repeats,
-                            min_sample=self.min_sample)
+                            min_sample=self.min_sample, statistic=self.statistic)
 
 
 def make_timer(runtime: str = "torch", device: str = "cpu", threads: int | None = None, **options: Any) -> Timer:
@@ -393,13 +409,15 @@ class LatencyTable:
         grid_in, grid_out: Per layer, the measured kept input / output channel counts.
         values: Per layer, seconds at ``(grid_in[i], grid_out[j])`` (monotone).
         measured_total: The unpruned model's measured end-to-end seconds.
-        constant: ``measured_total`` minus the sum of the unpruned layers' entries.
+        constant, scale: ``price = scale * sum(entries) + constant`` (two-point calibration, see the module docs).
+        measured_min: Measured seconds with every unit at ``min_keep`` (None when not calibrated).
         info: Runtime, device, threads, batch, input shape.
         measurements: How many timings this build made (0 when all came from the cache).
     """
 
     def __init__(self, graph: ModelGraph, grid_in: list[list[int]], grid_out: list[list[int]],
-                 values: list[np.ndarray], measured_total: float, info: dict[str, Any], measurements: int = 0) -> None:
+                 values: list[np.ndarray], measured_total: float, info: dict[str, Any], measurements: int = 0,
+                 measured_min: float | None = None, min_kept: np.ndarray | None = None) -> None:
         self.graph = graph
         self.layers = [lc.name for lc in graph.layers]
         self.grid_in, self.grid_out = grid_in, grid_out
@@ -435,7 +453,18 @@ class LatencyTable:
         self._t_base = np.arange(n) * p * p
         self._terms = np.vstack([graph.in_terms, graph.out_terms])
         self._full = np.concatenate([graph.in_full, graph.out_full])
-        self.constant = self.measured_total - float(self.layer_latency(graph.channels).sum())
+        # Calibration: price = scale * sum(entries) + constant, through the two measured end-to-end points
+        # (unpruned, and every unit at min_keep) when both are known; otherwise scale 1.
+        full_sum = float(self.layer_latency(graph.channels).sum())
+        self.scale = 1.0
+        self.measured_min = measured_min
+        if measured_min is not None and min_kept is not None:
+            min_sum = float(self.layer_latency(min_kept).sum())
+            if full_sum > min_sum and self.measured_total > measured_min:
+                scale = (self.measured_total - measured_min) / (full_sum - min_sum)
+                if 0.2 <= scale <= 5.0:  # outside: a noisy measurement; keep the plain sum
+                    self.scale = scale
+        self.constant = self.measured_total - self.scale * full_sum
 
     def layer_latency(self, kept: np.ndarray) -> np.ndarray:
         """Seconds of every layer (with its BN / activation) when each unit keeps ``kept`` channels."""
@@ -455,7 +484,7 @@ class LatencyTable:
 
     def price(self, kept: np.ndarray) -> float:
         """Predicted end-to-end seconds of the model pruned to ``kept`` channels per unit."""
-        return float(self.layer_latency(kept).sum() + self.constant)
+        return float(self.scale * self.layer_latency(kept).sum() + self.constant)
 
     __call__ = price
 
@@ -534,9 +563,26 @@ def build_latency_table(
     total = sum(len(v) for v in todo.values())
     model_key = _model_key(model, tuple(example_input.shape[1:]))
     need_model = model_key not in cache.models
+    min_key = f"{model_key}|min_keep={min_keep:g}|round_to={round_to}"
+    calibrate = bool((min_kept < graph.channels).any())
+    need_min = calibrate and min_key not in cache.models
+    extra = int(need_model) + int(need_min)
     done = 0
     measurements = 0
     by_key = {s.key: s for s in specs}
+    # The two end-to-end anchors are timed before and after the layers, keeping the smaller of each pair:
+    # a burst of load during one timing must not shift every prediction.
+    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+    anchors: dict[str, nn.Module] = {}
+    if need_model:
+        anchors[model_key] = copy.deepcopy(model)
+    if need_min:
+        from adc.pruning import ChannelPruner
+
+        anchors[min_key] = ChannelPruner(model, example_input[:1], round_to=round_to, graph=graph).prune(
+            {u.name: 1.0 - k / u.channels for u, k in zip(graph.units, min_kept)})
+    first = {k: float(timer.time(m, x)) for k, m in anchors.items()}
+    measurements += len(first)
     for key, pairs in todo.items():
         spec = by_key[key]
         entries = cache.layers.setdefault(key, {})
@@ -548,16 +594,17 @@ def build_latency_table(
             measurements += 1
             done += 1
             if progress:
-                progress(done, total + int(need_model), spec.name)
+                progress(done, total + extra, spec.name)
         if pairs:
             cache.save()  # after each layer shape: an interrupted build keeps what it measured
-    if need_model:
-        x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
-        cache.models[model_key] = max(float(timer.time(copy.deepcopy(model), x)), 1e-9)
+    for key, m in anchors.items():
+        cache.models[key] = max(min(first[key], float(timer.time(m, x))), 1e-9)
         measurements += 1
-        cache.save()
+        done += 1
         if progress:
-            progress(total + 1, total + 1, "whole model")
+            progress(done, total + extra, "whole model")
+    if anchors:
+        cache.save()
     values = []
     for spec, (gi, go, pairs) in zip(specs, grids):
         entries = cache.layers[spec.key]
@@ -567,7 +614,7 @@ def build_latency_table(
             values.append(np.array([[entries[f"{ci},{co}"] for co in go] for ci in gi]))
     info = {**timer.key(), "batch": int(batch), "input_shape": list(example_input.shape[1:]), "cache": str(cache.path)}
     return LatencyTable(graph, [g[0] for g in grids], [g[1] for g in grids], values, cache.models[model_key], info,
-                        measurements)
+                        measurements, cache.models.get(min_key) if calibrate else None, min_kept)
 
 
 def measure_latency(model: nn.Module, example_input: torch.Tensor, *, batch: int = 1, runtime: str = "torch",

@@ -26,7 +26,7 @@ from adc.errors import AdcError
 from adc.models import build_model, load_checkpoint
 from adc.outputs import CONFIG_FILE, plot_policy, plot_rewards, read_config, write_config, write_history_csv, write_report
 from adc.pretrained import DEFAULT_DATA, DEFAULT_EPOCHS, DEFAULT_MODEL, ensure_trained
-from adc.search import SearchResult, check_device, search
+from adc.search import CHECKPOINT_DIR, SearchResult, check_device, search
 from adc.serialization import atomic_write_text, save
 from adc.training import evaluate
 
@@ -144,6 +144,8 @@ def run_search(
     out = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     if not resume and (out / "model.pt").exists():
         raise AdcError(f"--out {str(out)!r} already holds a finished search; choose another folder or --resume it")
+    if not resume and (out / CHECKPOINT_DIR).exists():
+        raise AdcError(f"--out {str(out)!r} already holds an unfinished search; continue it with --resume {out} or choose another folder")
     config.out = str(out)
     started = time.perf_counter()
     splits = load_data(config.data)
@@ -151,7 +153,8 @@ def run_search(
     x = example_input(splits)
     out.mkdir(parents=True, exist_ok=True)
     settings = dataclasses.asdict(config)
-    write_config(out / CONFIG_FILE, settings)
+    if not resume:  # a resumed run keeps its config.toml until the search has accepted the settings
+        write_config(out / CONFIG_FILE, settings)
     options = {"warmup": config.warmup} if config.warmup is not None else {}
     writer = _tensorboard(out) if config.tensorboard else None
     if writer is not None:
@@ -167,6 +170,8 @@ def run_search(
     )
     if writer is not None:
         writer.close()
+    if resume:
+        write_config(out / CONFIG_FILE, settings)
     if status:
         status(f"writing {out}")
     write_outputs(out, result, model, x, splits, settings, time.perf_counter() - started)

@@ -47,7 +47,7 @@ def profile_rows(graph: ModelGraph, *, energy_model: Any = None, latency_table: 
     full = graph.channels.copy()
     energy = EnergyPrice(graph, load_energy_model(energy_model)).layer_energy(full)
     total_energy = float(energy.sum())
-    latency = latency_table.layer_latency(full) if latency_table is not None else None
+    latency = latency_table.scale * latency_table.layer_latency(full) if latency_table is not None else None
     rows = []
     for j, u in enumerate(graph.units):
         touched = (graph.out_terms[:, j] > 0) | (graph.in_terms[:, j] > 0)

@@ -45,7 +45,7 @@ def test_check_env_passes_with_warnings_as_errors():
                          evaluate=stub_evaluate, budgets=["flops=0.5"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        check_env(env.unwrapped, skip_render_check=True)
+        check_env(env.unwrapped)
     assert env.spec.id == "adc/Prune-v0"
     assert env.observation_space.shape == (len(OBSERVATION_FEATURES),)
 
@@ -105,7 +105,7 @@ PROPERTY_BUDGETS = {
     "params=0.5": ["params=0.5"],
     "flops+params": ["flops=0.5", "params=0.4"],
 }
-FILL_BOUND = 0.97  # measured: every policy uses >= 0.99 of its tightest budget on these models
+FILL_BOUND = 0.97  # measured: min 0.9895, median 0.9994 of the tightest budget over these 2,280 policies
 BUDGET_USE: dict[tuple[str, str], list[float]] = {}
 
 
@@ -164,7 +164,7 @@ def test_every_random_policy_meets_every_budget_and_fills_it(spec, budget, prune
     pruner = pruners(spec)
     env = PruningEnv(pruner.model, pruner.example_input, evaluate=stub_evaluate, budgets=PROPERTY_BUDGETS[budget],
                      pruner=pruner)
-    count = 120 if spec.startswith("zoo:") else 60
+    count = 150 if spec.startswith("zoo:") else 60
     rng = np.random.default_rng(abs(hash((spec, budget))) % 2**32)
     uses = check_policies(env, random_action_sequences(rng, env.num_units, count), 0.2, 1.0)
     BUDGET_USE[(spec, budget)] = uses
@@ -259,7 +259,10 @@ def test_same_budget_twice_is_refused():
 
 RECORD = {"top1": 0.9, "top5": 0.99, "loss": 0.3, "flops": 2e6, "macs": 1e6, "params": 5e4,
           "original_flops": 4e6, "original_macs": 2e6, "original_params": 1e5,
-          "flops_ratio": 0.5, "macs_ratio": 0.5, "params_ratio": 0.5}
+          "flops_ratio": 0.5, "macs_ratio": 0.5, "params_ratio": 0.5,
+          # metrics of the latency / energy budgets, for rewards that read them
+          "latency": 0.01, "original_latency": 0.02, "latency_ratio": 0.5,
+          "energy": 1e-3, "original_energy": 2e-3, "energy_ratio": 0.5}
 
 
 @pytest.mark.parametrize("name", REWARDS.names())

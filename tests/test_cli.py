@@ -1,0 +1,276 @@
+"""``adc`` on the command line: a search end to end on digits, rerun, resume, export, profile, bad inputs.
+
+Successful commands run in-process with typer's CliRunner; bad inputs go
+through :func:`adc.cli.main` (the console entry point that maps AdcError to
+one line and exit code 2), in-process for speed and once as a real subprocess.
+The embedded default model is trained once per session (``conftest.py``) in
+the cache ``$ADC_CACHE_DIR`` points to, where the CLI finds it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import adc.pipeline
+from adc.cli import app, main
+from adc.cost import count
+from adc.models import build_model
+from adc.serialization import load
+from adc.search import CHECKPOINT_DIR, HISTORY_FILE
+
+OUTPUTS = ("model.pt", "policy.json", "history.csv", "report.md", "policy.png", "reward.png", "config.toml")
+ADC = Path(sys.executable).with_name("adc")
+runner = CliRunner(env={"COLUMNS": "160"})
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    return result
+
+
+@pytest.fixture
+def no_speedup(monkeypatch):
+    """Skip the measured-latency line of report.md (seconds of timing per run) in the secondary runs;
+    the end-to-end run (``finished_run``) measures it for real."""
+    monkeypatch.setattr(adc.pipeline, "_speedup", lambda *a, **k: {"error": "not measured in this test"})
+
+
+def history_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, trained_checkpoint) -> Path:
+    """``adc search --data digits --budget flops=0.5 --episodes 6 --warmup 2 --out DIR`` (the default model)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = invoke("search", "--data", "digits", "--budget", "flops=0.5", "--episodes", "6", "--warmup", "2",
+                    "--bn-calibration", "256", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "Best policy" in result.output
+    return out
+
+
+def test_search_writes_every_output(finished_run):
+    for name in OUTPUTS:
+        assert (finished_run / name).is_file(), name
+        assert (finished_run / name).stat().st_size > 0, name
+    rows = history_rows(finished_run)
+    assert len(rows) == 6
+    assert [int(r["episode"]) for r in rows] == list(range(6))
+    assert all(float(r["budget_use_flops"]) <= 1.0 + 1e-9 for r in rows)
+    policy = json.loads((finished_run / "policy.json").read_text())
+    assert set(policy) >= {"policy", "kept", "reward", "metrics"}
+    assert policy["metrics"]["flops_ratio"] <= 0.5 + 1e-9
+    assert (finished_run / "policy.png").read_bytes()[:4] == b"\x89PNG"
+    report = (finished_run / "report.md").read_text()
+    assert "flops" in report.lower()
+    assert "Measured latency" in report
+    config = tomllib.loads((finished_run / "config.toml").read_text())
+    assert config["budget"] == ["flops=0.5"] and config["episodes"] == 6 and config["warmup"] == 2
+    # no stray temporary files from the atomic writes
+    assert not [p for p in finished_run.rglob("*.tmp")]
+
+
+def test_saved_model_loads_and_meets_the_budget_counted_independently(finished_run, trained):
+    small = load(finished_run / "model.pt")
+    x = torch.zeros(1, 1, 8, 8)
+    assert count(small, x).flops <= 0.5 * count(trained, x).flops
+    assert count(small, x).params < count(trained, x).params
+    with torch.no_grad():
+        assert small(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+
+
+def test_config_reruns_the_search(finished_run, tmp_path, no_speedup):
+    out = tmp_path / "rerun"
+    result = invoke("search", "--config", str(finished_run / "config.toml"), "--out", str(out), "--episodes", "4")
+    assert result.exit_code == 0, result.output
+    assert len(history_rows(out)) == 4
+    old = tomllib.loads((finished_run / "config.toml").read_text())
+    new = tomllib.loads((out / "config.toml").read_text())
+    assert new["episodes"] == 4 and new["out"] == str(out)
+    assert {k: v for k, v in new.items() if k not in ("episodes", "out")} == \
+        {k: v for k, v in old.items() if k not in ("episodes", "out")}
+
+
+def test_interrupted_search_resumes_from_the_command_line(tmp_path, monkeypatch, trained_checkpoint, no_speedup):
+    out = tmp_path / "interrupted"
+    real_search = adc.pipeline.search
+
+    def search_interrupted_after_two(*args, progress=None, **kwargs):
+        def stop(record, best):
+            progress(record, best)
+            if record["episode"] == 1:
+                raise KeyboardInterrupt
+
+        return real_search(*args, progress=stop, **kwargs)
+
+    monkeypatch.setattr(adc.pipeline, "search", search_interrupted_after_two)
+    result = invoke("search", "--agent", "random", "--episodes", "5", "--bn-calibration", "128", "--out", str(out))
+    assert result.exit_code == 130, result.output
+    assert "--resume" in result.output
+    assert len(json.loads((out / CHECKPOINT_DIR / HISTORY_FILE).read_text())) == 2
+    assert len(history_rows(out)) == 2 and (out / "model.pt").is_file()  # best so far written on Ctrl-C
+    monkeypatch.setattr(adc.pipeline, "search", real_search)
+
+    result = invoke("search", "--resume", str(out))
+    assert result.exit_code == 0, result.output
+    assert [int(r["episode"]) for r in history_rows(out)] == list(range(5))
+    assert tomllib.loads((out / "config.toml").read_text())["episodes"] == 5
+
+
+def test_export_onnx(finished_run):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    result = invoke("export", str(finished_run), "--format", "onnx")
+    assert result.exit_code == 0, result.output
+    assert (finished_run / "model.onnx").stat().st_size > 0
+    assert "max |output - torch output|" in result.output
+
+
+def test_profile_prints_a_table():
+    result = invoke("profile", "--model", "zoo:resnet20")
+    assert result.exit_code == 0, result.output
+    assert "zoo:resnet20: 12 prunable units" in result.output
+    assert "MACs" in result.output and "total:" in result.output
+
+
+# -- bad inputs -----------------------------------------------------------------------
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Call the console entry point in-process; (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["adc", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_refused(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def wrong_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    torch.manual_seed(0)
+    paths["shape"] = folder / "plain20_rgb.pt"
+    torch.save(build_model("zoo:plain20", num_classes=10, in_channels=3).state_dict(), paths["shape"])
+    paths["arch"] = folder / "vgg_small.pt"
+    torch.save(build_model("zoo:vgg_small", num_classes=10, in_channels=1).state_dict(), paths["arch"])
+    return paths
+
+
+BAD_INPUTS = {
+    "agent": (["--agent", "nope"], ["unknown agent 'nope'", "ddpg"]),
+    "criterion": (["--criterion", "nope"], ["unknown criterion 'nope'", "l1"]),
+    "reward": (["--reward", "nope"], ["unknown reward 'nope'", "acc_flops"]),
+    "data": (["--data", "nope"], ["unknown data source 'nope'", "digits"]),
+    "model": (["--model", "nope"], ["unknown model spec 'nope'", "plain20"]),
+    "budget": (["--budget", "flops=2x"], ["'flops=2x'", "flops", "params"]),
+    "budget-key": (["--budget", "speed=0.5"], ["'speed'", "flops"]),
+    "episodes": (["--episodes", "0"], ["--episodes 0"]),
+    "checkpoint-missing": (["--checkpoint", "/no/such/file.pt"], ["/no/such/file.pt", "does not exist"]),
+    "config-missing": (["--config", "/no/such/config.toml"], ["/no/such/config.toml"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_code_2(case, monkeypatch, capsys, tmp_path):
+    flags, fragments = BAD_INPUTS[case]
+    out = tmp_path / "out"
+    code, _, err = run_main(monkeypatch, capsys, "search", *flags, "--out", str(out))
+    assert_refused(code, err, *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of a missing GPU")
+def test_cuda_on_a_cpu_machine_is_refused(monkeypatch, capsys, tmp_path):
+    code, _, err = run_main(monkeypatch, capsys, "search", "--device", "cuda", "--out", str(tmp_path / "out"))
+    assert_refused(code, err, "cuda", "not available")
+
+
+def test_checkpoint_of_another_shape_names_the_key_and_shapes(wrong_checkpoints, monkeypatch, capsys, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_main(monkeypatch, capsys, "search", "--checkpoint", str(wrong_checkpoints["shape"]), "--out", str(out))
+    assert_refused(code, err, "features.0.0.weight", "(16, 3, 3, 3)", "(16, 1, 3, 3)")
+    assert not out.exists()
+
+
+def test_checkpoint_of_another_architecture_is_refused(wrong_checkpoints, monkeypatch, capsys, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_main(monkeypatch, capsys, "search", "--checkpoint", str(wrong_checkpoints["arch"]), "--out", str(out))
+    assert_refused(code, err, str(wrong_checkpoints["arch"]), "features.")
+    assert not out.exists()
+
+
+def test_unreachable_budget_is_refused_with_the_smallest_reachable_value(monkeypatch, capsys, tmp_path, trained_checkpoint):
+    code, _, err = run_main(monkeypatch, capsys, "search", "--budget", "flops=0.01", "--episodes", "2",
+                            "--out", str(tmp_path / "out"))
+    assert_refused(code, err, "flops=0.01", "smallest reachable budget is flops=0.")
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_out_of_a_finished_run_is_refused_and_left_untouched(finished_run, monkeypatch, capsys):
+    before = snapshot(finished_run)
+    for extra in ([], ["--agent", "random", "--episodes", "2"], ["--budget", "flops=0.01"]):
+        code, _, err = run_main(monkeypatch, capsys, "search", *extra, "--out", str(finished_run))
+        assert_refused(code, err, "already holds a finished search")
+    assert snapshot(finished_run) == before
+
+
+def test_resume_with_refused_settings_leaves_the_run_untouched(finished_run, monkeypatch, capsys):
+    before = snapshot(finished_run)
+    code, _, err = run_main(monkeypatch, capsys, "search", "--resume", str(finished_run), "--budget", "flops=0.01")
+    assert_refused(code, err, "smallest reachable")
+    assert snapshot(finished_run) == before
+
+
+def test_out_of_an_unfinished_run_is_refused_without_resume(tmp_path, monkeypatch, capsys):
+    (tmp_path / CHECKPOINT_DIR).mkdir()
+    (tmp_path / "config.toml").write_text("episodes = 3\n")
+    before = snapshot(tmp_path)
+    code, _, err = run_main(monkeypatch, capsys, "search", "--out", str(tmp_path))
+    assert_refused(code, err, "unfinished search", "--resume")
+    assert snapshot(tmp_path) == before
+
+
+def test_the_installed_entry_point_exits_2_with_one_line_and_debug_shows_the_traceback(tmp_path):
+    if not ADC.exists():
+        pytest.skip(f"{ADC} is not installed")
+    env = dict(os.environ, COLUMNS="40")  # a narrow terminal must not wrap the message
+    plain = subprocess.run([str(ADC), "search", "--agent", "nope", "--out", str(tmp_path / "o")], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert_refused(plain.returncode, plain.stderr, "unknown agent 'nope'")
+    debug = subprocess.run([str(ADC), "--debug", "search", "--agent", "nope"], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr and "AdcError" in debug.stderr
+    assert not (tmp_path / "o").exists()

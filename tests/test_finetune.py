@@ -1,0 +1,127 @@
+"""Fine-tuning a pruned model: the library call, the run-folder call and the CLI command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from adc.errors import AdcError
+from adc.finetune import FINETUNED_FILE, SETTINGS_FILE, distillation_loss, finetune, finetune_run
+from adc.pipeline import SearchConfig, run_search
+from adc.pruning import prune
+from adc.serialization import load
+from adc.training import evaluate
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished search folder: the default model (plain20 on digits) pruned uniformly to half its FLOPs."""
+    out = tmp_path_factory.mktemp("ft") / "run"
+    config = SearchConfig(agent="uniform", episodes=1, budget=["flops=0.5"], bn_calibration=128, val_size=100, out=str(out))
+    run_search(config)
+    return out
+
+
+def _kept_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_finetune_records_epochs_and_returns_best(trained, digits, digits_input) -> None:
+    pruned = prune(trained, digits_input, _half(trained, digits_input))
+    before = evaluate(pruned, digits.test)["top1"]
+    seen: list[dict] = []
+    best, records = finetune(pruned, digits, epochs=2, lr=0.01, seed=0, progress=seen.append)
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [r["epoch"] for r in seen] == [1, 2]
+    assert records[0]["test_top1"] == pytest.approx(before)
+    assert all(0.0 <= r["test_top1"] <= 1.0 and r["train_loss"] > 0 for r in records[1:])
+    assert records[1]["lr"] == pytest.approx(0.01) and records[2]["lr"] < 0.01  # cosine schedule
+    assert evaluate(best, digits.test)["top1"] == pytest.approx(max(r["test_top1"] for r in records[1:]))
+    assert _kept_shapes(best) == _kept_shapes(pruned)
+    assert best.adc_pruning == pruned.adc_pruning and not best.training
+    # The input model is left untouched.
+    assert evaluate(pruned, digits.test)["top1"] == pytest.approx(before)
+
+
+def _half(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    from adc.graph import analyze
+
+    return {u.name: 0.5 for u in analyze(model, x).units}
+
+
+def test_distillation_loss_matches_hinton() -> None:
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
+    p = torch.softmax(t / 4, 1)
+    kl = (p * (torch.log(p) - torch.log_softmax(s / 4, 1))).sum(1).mean()
+    expected = 0.9 * 16 * kl + 0.1 * torch.nn.functional.cross_entropy(s, y)
+    assert distillation_loss(s, t, y, temperature=4.0, alpha=0.9).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert distillation_loss(s, s, y, temperature=2.0, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_finetune_run_saves_best_loadable_with_same_structure(run_dir: Path) -> None:
+    out = finetune_run(run_dir, epochs=1)
+    assert out == run_dir / FINETUNED_FILE
+    original, tuned = load(run_dir / "model.pt"), load(out)
+    assert _kept_shapes(tuned) == _kept_shapes(original)
+    assert tuned.adc_pruning["kept"] == original.adc_pruning["kept"]
+    settings = json.loads((run_dir / SETTINGS_FILE).read_text())
+    assert settings["epochs"] == 1 and settings["data"] == "digits" and settings["distill"] is False
+    assert all(not isinstance(v, (dict, list)) for v in settings.values())  # one flat object
+    assert 0.0 < settings["test_top1_best"] <= 1.0 and settings["best_epoch"] == 1
+    from adc.data import load_data
+
+    assert evaluate(tuned, load_data("digits").test)["top1"] == pytest.approx(settings["test_top1_best"])
+
+
+def test_finetune_run_distills(run_dir: Path) -> None:
+    finetune_run(run_dir, epochs=1, distill=True)
+    settings = json.loads((run_dir / SETTINGS_FILE).read_text())
+    assert settings["distill"] is True and settings["temperature"] == 4.0 and settings["alpha"] == 0.9
+    assert settings["test_top1_best"] > 0.5
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epochs": 0}, "at least 1 epoch"),
+    ({"epochs": 1, "lr": 0.0}, "learning rate"),
+    ({"epochs": 1, "data": "no-such-data"}, "no-such-data"),
+    ({"epochs": 1, "alpha": 2.0}, "alpha"),
+])
+def test_finetune_run_bad_settings(run_dir: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(AdcError, match=match) as excinfo:
+        finetune_run(run_dir, **kwargs)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_finetune_run_bad_folders(tmp_path: Path) -> None:
+    with pytest.raises(AdcError, match="does not exist"):
+        finetune_run(tmp_path / "missing", epochs=1)
+    with pytest.raises(AdcError, match="no model.pt"):
+        finetune_run(tmp_path, epochs=1)
+
+
+def test_finetune_command(run_dir: Path) -> None:
+    from adc.cli_finetune import finetune_command
+
+    app = typer.Typer()
+    app.command("finetune")(finetune_command)
+    app.command("noop")(lambda: None)  # two commands, so "finetune" is a subcommand as in adc.cli
+    result = CliRunner().invoke(app, ["finetune", str(run_dir), "--epochs", "1", "--lr", "0.005"])
+    assert result.exit_code == 0, result.output
+    assert "after fine-tuning" in result.output
+    assert json.loads((run_dir / SETTINGS_FILE).read_text())["lr"] == 0.005
+    bad = CliRunner().invoke(app, ["finetune", str(run_dir), "--epochs", "0"])
+    assert isinstance(bad.exception, AdcError)
