@@ -71,6 +71,7 @@ def search(
     latency_batch: Annotated[int | None, typer.Option(help="Batch size of the latency table's timings (default 1).")] = None,
     cache_dir: Annotated[str | None, typer.Option(help="Latency table cache folder (default ~/.cache/adc/latency).")] = None,
     energy_model: Annotated[str | None, typer.Option(help="TOML file overriding the energy model's per-operation costs.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default 1: avoids stalls on busy machines; raise for big models).")] = None,
     config: Annotated[Path | None, typer.Option(help="Rerun the settings of a config.toml (flags override it).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the search in this folder to its planned total.")] = None,
 ) -> None:
