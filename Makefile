@@ -20,9 +20,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	bash benchmarks/ensure_data.sh
 	$(BIN)/python -m benchmarks.run --full
 
 bench-quick: $(STAMP)
+	bash benchmarks/ensure_data.sh
 	$(BIN)/python -m benchmarks.run --quick
 
 clean:

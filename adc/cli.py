@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from adc.cli_finetune import finetune_command
 from adc.cli_latency import latency_table_command
 from adc.errors import AdcError
 
@@ -181,6 +182,7 @@ def _no_progress() -> Any:
 
 
 app.command("latency-table")(latency_table_command)
+app.command("finetune")(finetune_command)
 
 
 @app.command()

@@ -11,7 +11,7 @@ report (:mod:`benchmarks.report`) is rebuilt from the cache at the end.
 Modes (every setting is in :data:`MODES`; the results page explains the sizing):
 
 - ``--full`` (``make bench``): plain20 and resnet20, budgets flops=0.5 and
-  flops=0.25; uniform, sensitivity, td3 (seed 0), random and ddpg (seeds 0-2),
+  flops=0.25; uniform, sensitivity (seed 0), random and ddpg (seeds 0-2),
   plus ddpg and uniform with reconstruction on and with BN recalibration off.
   Writes ``benchmarks/results/fashion_mnist.{md,csv}`` and plots.
 - ``--quick`` (``make bench-quick``): plain20, flops=0.5, uniform / random / ddpg,
@@ -67,8 +67,8 @@ SEEDED = ("random", "ddpg")
 MODES: dict[str, Settings] = {
     "full": Settings(
         models=("plain20", "resnet20"), budgets=(0.5, 0.25),
-        strategies=("uniform", "random", "sensitivity", "ddpg", "td3"), seeds=3, variants=True,
-        episodes=150, val_size=1000, bn_calibration=512, finetune_epochs=1, finetune_samples=27000,
+        strategies=("uniform", "random", "sensitivity", "ddpg"), seeds=3, variants=True,
+        episodes=100, val_size=1000, bn_calibration=512, finetune_epochs=1, finetune_samples=13500,
     ),
     "quick": Settings(
         models=("plain20",), budgets=(0.5,), strategies=("uniform", "random", "ddpg"), seeds=1, variants=False,
@@ -255,16 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_const", const="full", dest="mode", help="every row (make bench)")
     mode.add_argument("--quick", action="store_const", const="quick", dest="mode", help="reduced rows (make bench-quick)")
     mode.add_argument("--smoke", action="store_const", const="smoke", dest="mode", help="harness check, tiny episodes")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads, also onnxruntime's intra-op threads (default 1: on a shared 2-core "
+                             "machine a second OpenMP thread made the quick run over 4x slower)")
     parser.add_argument("--episodes", type=int, default=None, help="override the mode's episodes (changes the cache key)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; smoke: its cache folder)")
+    parser.add_argument("--model", action="append", default=None,
+                        help="run only this model's rows (repeatable); shares the mode's cache, so two processes can "
+                             "split a run by model and a final --report-only pass writes the whole page")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the cached rows, run nothing")
     args = parser.parse_args(argv)
 
     import torch
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(max(1, args.threads))
     settings = MODES[args.mode]
     if args.episodes is not None:
         settings = dataclasses.replace(settings, episodes=args.episodes)
@@ -280,11 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = Bench(settings, cache, log=lambda m: print(m, flush=True))
         rows = plan(settings)
+        models = tuple(args.model) if args.model else settings.models
+        unknown = sorted(set(models) - set(settings.models))
+        if unknown:
+            raise AdcError(f"--model {unknown[0]!r} is not in the {args.mode} benchmark; valid: {', '.join(settings.models)}")
+        rows = [r for r in rows if r.model in models]
         if args.report_only:
             records = [json.loads((cache / f"{r.key}.json").read_text()) for r in rows if (cache / f"{r.key}.json").is_file()]
         else:
             records = bench.run(rows)
-        references = {m: bench.reference(m)[1] for m in settings.models}
+        references = {m: bench.reference(m)[1] for m in models}
     except AdcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
