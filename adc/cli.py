@@ -25,7 +25,6 @@ from adc.errors import AdcError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="AMC-style automated channel pruning: find how much of each layer to prune under a budget.")
 console = Console()
-err_console = Console(stderr=True)
 _state = {"debug": False}
 
 
