@@ -32,7 +32,7 @@ from torch.utils.data import Subset
 
 from adc.data import DataSplits, make_loader
 from adc.errors import AdcError
-from adc.training import _prepare, evaluate
+from adc.training import _prepare, evaluate, make_sgd
 
 FINETUNED_FILE = "model_finetuned.pt"
 SETTINGS_FILE = "finetune.json"
@@ -137,12 +137,7 @@ def finetune(
     records: list[dict[str, Any]] = [{"epoch": 0, "lr": lr, "train_loss": None, "test_top1": before["top1"],
                                       "test_top5": before["top5"], "test_loss": before["loss"], "seconds": 0.0}]
 
-    decay, no_decay = [], []
-    for p in student.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum)
+    optimizer = make_sgd(student, lr=lr, momentum=momentum, weight_decay=weight_decay)
     loader = make_loader(train_ds, batch_size=batch_size, shuffle=True, seed=seed)
     total_steps = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))

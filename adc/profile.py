@@ -150,21 +150,8 @@ def profile_model(
     Returns:
         Rows, total MACs, total params, and the input shape used (with batch 1).
     """
-    import torch
-
-    from adc.data import example_input, load_data
     from adc.graph import analyze
-    from adc.models import build_model
 
-    if data is not None:
-        splits = load_data(data)
-        x = example_input(splits)
-        classes = splits.num_classes
-    else:
-        imagenet = spec.startswith("torchvision:")
-        shape = input_shape or ((3, 224, 224) if imagenet else (3, 32, 32))
-        x = torch.zeros(1, *shape)
-        classes = num_classes or (1000 if imagenet else 10)
-    model = build_model(spec, num_classes=classes, in_channels=x.shape[1])
+    model, x = build_for_profile(spec, data=data, input_shape=input_shape, num_classes=num_classes)
     rows, macs, params = profile_rows(analyze(model, x))
     return rows, macs, params, tuple(x.shape)

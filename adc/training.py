@@ -30,6 +30,19 @@ def _prepare(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return x
 
 
+def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float, nesterov: bool = False) -> torch.optim.SGD:
+    """SGD over the trainable parameters, with no weight decay on batch norms and biases
+    (decaying them only fights the normalisation)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, momentum=momentum, nesterov=nesterov,
+    )
+
+
 def train_classifier(
     model: nn.Module,
     train_ds: Dataset,
@@ -65,17 +78,7 @@ def train_classifier(
     if epochs == 0:
         return model.eval()
     loader = make_loader(train_ds, batch_size=batch_size, shuffle=True, seed=seed)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            # No weight decay on BN and biases: it only fights the normalisation.
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        momentum=0.9,
-        nesterov=True,
-    )
+    optimizer = make_sgd(model, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     total_steps = epochs * len(loader)
     # A linear warm-up over the first epoch (at most a tenth of training) keeps
     # deep nets such as ResNet-56 from diverging at lr 0.1 (He et al. warm up ResNet-110).

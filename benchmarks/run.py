@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", default=None,
                         help="run only this model's rows (repeatable); shares the mode's cache, so two processes can "
                              "split a run by model and a final --report-only pass writes the whole page")
+    parser.add_argument("--reverse", action="store_true",
+                        help="run the rows last to first: a second process started with it on the same rows meets the "
+                             "first in the middle (each row's cache file is checked just before the row runs)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the cached rows, run nothing")
     args = parser.parse_args(argv)
 
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_only:
             records = [json.loads((cache / f"{r.key}.json").read_text()) for r in rows if (cache / f"{r.key}.json").is_file()]
         else:
-            records = bench.run(rows)
+            records = bench.run(rows[::-1] if args.reverse else rows)
         references = {m: bench.reference(m)[1] for m in models}
     except AdcError as exc:
         print(f"error: {exc}", file=sys.stderr)
