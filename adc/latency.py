@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from adc.errors import AdcError
-from adc.graph import LAYER_TYPES, ModelGraph, analyze
+from adc.graph import ModelGraph, analyze
 from adc.serialization import atomic_write_text
 
 RUNTIMES = ("torch", "onnxruntime")

@@ -378,6 +378,8 @@ class PruningEnv(gym.Env):
 
     def kept_of_actions(self, actions: Sequence[float]) -> np.ndarray:
         """Channels kept per unit for raw actions, without clipping."""
+        if len(actions) != self.num_units:
+            raise AdcError(f"need {self.num_units} actions (one per unit), got {len(actions)}")
         return np.array([u.kept(self._sparsity_of(a), self.round_to) for u, a in zip(self.units, actions)], dtype=np.float64)
 
     def evaluate_actions(self, actions: Sequence[float]) -> float:
