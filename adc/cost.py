@@ -79,14 +79,18 @@ def layer_costs(graph: ModelGraph, kept: np.ndarray) -> tuple[np.ndarray, np.nda
     Returns:
         ``(macs, params)``, one entry per layer of ``graph.layers``.
     """
-    removed = graph.channels - kept
-    out_k = graph.out_full - graph.out_terms @ removed
-    in_k = graph.in_full - graph.in_terms @ removed
+    out_k, in_k = layer_channels(graph, kept)
     groups = np.where(graph.depthwise, in_k, graph.groups)
     per_position = out_k * in_k / groups
     macs = graph.mac_coef * per_position
     params = graph.w_coef * per_position + graph.has_bias * out_k
     return macs, params
+
+
+def layer_channels(graph: ModelGraph, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Output and input channels of every conv/linear layer when each unit keeps ``kept`` channels."""
+    removed = graph.channels - np.asarray(kept, dtype=np.float64)
+    return graph.out_full - graph.out_terms @ removed, graph.in_full - graph.in_terms @ removed
 
 
 def cost_of_kept(graph: ModelGraph, kept: np.ndarray) -> Costs:

@@ -56,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adc.cost import layer_channels
 from adc.errors import AdcError
 from adc.graph import ModelGraph
 
@@ -128,9 +129,7 @@ class EnergyPrice:
     def layer_energy(self, kept: np.ndarray) -> np.ndarray:
         """Joules per sample of every layer of ``graph.layers``."""
         g, e = self.graph, self.model
-        removed = g.channels - np.asarray(kept, dtype=np.float64)
-        out_k = g.out_full - g.out_terms @ removed
-        in_k = g.in_full - g.in_terms @ removed
+        out_k, in_k = layer_channels(g, kept)
         groups = np.where(g.depthwise, in_k, g.groups)
         per_position = out_k * in_k / groups
         macs = g.mac_coef * per_position

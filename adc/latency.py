@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adc.cost import layer_channels
 from adc.errors import AdcError
 from adc.graph import ModelGraph, analyze
 from adc.serialization import atomic_write_text
@@ -539,9 +540,7 @@ def build_latency_table(
     cache = LatencyCache(cache_dir, {**timer.key(), "batch": int(batch), "format": CACHE_FORMAT})
     specs = _layer_specs(model, example_input, graph)
     min_kept = np.array([u.kept(1.0 - min_keep, round_to) for u in graph.units], dtype=np.float64)
-    removed = graph.channels - min_kept
-    in_low = graph.in_full - graph.in_terms @ removed
-    out_low = graph.out_full - graph.out_terms @ removed
+    out_low, in_low = layer_channels(graph, min_kept)
     grids: list[tuple[list[int], list[int], list[tuple[int, int]]]] = []
     for li, spec in enumerate(specs):
         lc = graph.layers[li]
