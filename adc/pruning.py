@@ -71,6 +71,7 @@ class ChannelPruner:
         self.round_to = round_to
         self.graph = graph if graph is not None else analyze(model, example_input)
         batches = as_batches(calibration)
+        self.calibration, self.reconstruct, self.seed = batches, reconstruct, seed
         if reconstruct and not batches:
             raise AdcError("reconstruct=True needs calibration data (training batches) to fit the pruned layers")
         ctx = ScoreContext(model, self.graph, batches, seed)

@@ -66,13 +66,15 @@ class SearchResult:
 
         Args:
             model: The model to prune (default: the searched one). Another model
-                of the same architecture gets the same channel criterion and rounding.
+                of the same architecture gets the same criterion, rounding,
+                calibration data and reconstruction.
         """
         if self._pruner is None:
             raise AdcError("this SearchResult has no pruner attached; prune with adc.prune(model, x, result.policy)")
         pruner = self._pruner
         if model is not None and model is not pruner.model:
-            pruner = ChannelPruner(model, pruner.example_input, criterion=pruner.criterion, round_to=pruner.round_to)
+            pruner = ChannelPruner(model, pruner.example_input, criterion=pruner.criterion, round_to=pruner.round_to,
+                                   calibration=pruner.calibration, reconstruct=pruner.reconstruct, seed=pruner.seed)
         pruned = pruner.prune(self.policy)
         if self._bn_images is not None:
             recalibrate_bn(pruned, self._bn_images)

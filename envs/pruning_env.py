@@ -173,7 +173,7 @@ class PruningEnv(gym.Env):
 
         primary = self.budgets[0].key
         unit_cost = np.array([u.params if primary == "params" else u.macs for u in self.units], dtype=np.float64)
-        full_costs = cost_of_kept(self.graph, self.graph.channels)
+        full_costs = self._full_costs = cost_of_kept(self.graph, self.graph.channels)
         self._primary_total = float(full_costs.params if primary == "params" else full_costs.macs)
         self._primary_of = (lambda c: float(c.params)) if primary == "params" else (lambda c: float(c.macs))
         self._unit_share = unit_cost / max(self._primary_total, 1.0)
@@ -266,7 +266,7 @@ class PruningEnv(gym.Env):
     def _record(self, kept: np.ndarray, metrics: Mapping[str, float]) -> dict[str, float]:
         """The metrics record a reward sees: accuracy, loss and every cost with its ratio."""
         costs = cost_of_kept(self.graph, kept)
-        full = cost_of_kept(self.graph, self.graph.channels)
+        full = self._full_costs
         record = {"top1": float(metrics["top1"]), "top5": float(metrics.get("top5", metrics["top1"])),
                   "loss": float(metrics.get("loss", math.nan))}
         record.update({k: float(v) for k, v in metrics.items() if k not in record and isinstance(v, (int, float))})

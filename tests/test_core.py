@@ -45,15 +45,6 @@ ALL_IDS = [f"{src}-{n}-{s[1]}x{s[2]}" for src, n, s in ALL_CASES]
 WORST_ERROR: dict[str, tuple[float, float]] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy machine OpenMP's second thread spins and a 20 ms forward takes seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomize_bn(model: nn.Module, seed: int) -> nn.Module:
     """Give batch norms non-trivial affine parameters and statistics, as a trained model has.
 

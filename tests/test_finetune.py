@@ -18,14 +18,6 @@ from adc.serialization import load
 from adc.training import evaluate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run_dir(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished search folder: the default model (plain20 on digits) pruned uniformly to half its FLOPs."""
