@@ -61,9 +61,10 @@ def search(
     min_keep: Annotated[float | None, typer.Option(help="Smallest kept fraction of any unit (default 0.2).")] = None,
     bn_calibration: Annotated[int | None, typer.Option(help="Training images for BN recalibration (0: off).")] = None,
     val_size: Annotated[int | None, typer.Option(help="Validation images the reward is computed on.")] = None,
-    reconstruct: Annotated[bool | None, typer.Option("--reconstruct/--no-reconstruct", help="Least-squares reconstruction.")] = None,
+    reconstruct: Annotated[bool | None, typer.Option("--reconstruct/--no-reconstruct", help="Refit the layers after each pruned unit by least squares (default on).")] = None,
     fill_budget: Annotated[bool | None, typer.Option("--fill-budget/--no-fill-budget", help="Make every policy use its budget.")] = None,
     warmup: Annotated[int | None, typer.Option(help="Random warm-up episodes of a learning agent.")] = None,
+    agent_option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable: an agent setting such as noise_sigma=0.3, hidden=64,64, start_uniform=false (an unknown KEY lists the agent's valid ones).")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder (default runs/<time>).")] = None,
     tensorboard: Annotated[bool | None, typer.Option("--tensorboard", help="Log episodes to TensorBoard in OUT/tb.")] = None,
     latency: Annotated[bool | None, typer.Option("--latency", help="Record predicted latency every episode (measures a latency table; a latency budget or acc_latency does so anyway).")] = None,
@@ -77,6 +78,8 @@ def search(
 ) -> None:
     """Search per-unit sparsity with reinforcement learning under a budget; write the pruned model."""
     given = {k: v for k, v in locals().items() if k not in ("config", "resume") and v is not None}
+    if "agent_option" in given:
+        given["agent_options"] = given.pop("agent_option")
     from adc.pipeline import SearchConfig, run_search
 
     source = resume if resume is not None else config

@@ -347,45 +347,75 @@ def _cifar10(arg: str | None) -> _Source:
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-_IMAGEFOLDER_SIZE = (32, 32)
+_IMAGEFOLDER_SIZE = 224
+_IMAGEFOLDER_TEST_FRACTION = 0.2
+
+
+def _imagefolder_transform(size: int) -> tuple[Any, str]:
+    """ImageNet evaluation preprocessing at ``size`` (Resize + CenterCrop); small sizes resize only."""
+    from torchvision import transforms
+
+    normalize = transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)
+    if size > 64:  # torchvision's classification preset: resize to size/0.875, centre crop
+        resize = int(round(size / 0.875))
+        return (transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(), normalize]),
+                f"RGB, Resize {resize}, CenterCrop {size}, ToTensor, ImageNet mean/std")
+    return (transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(), normalize]),
+            f"RGB, Resize {size}x{size}, ToTensor, ImageNet mean/std")
 
 
 @DATA_SOURCES.register("imagefolder")
 def _imagefolder(arg: str | None) -> _Source:
-    """A folder of images, one subfolder per class (torchvision ``ImageFolder``): ``imagefolder:DIR``.
+    """A folder of images, one subfolder per class (torchvision ``ImageFolder``): ``imagefolder:DIR[@SIZE]``.
 
-    DIR/train holds the training images; DIR/val (or DIR/test) the test
-    images, with the same class subfolders. Preprocessing: RGB, Resize to
-    32x32, ToTensor, ImageNet mean/std normalisation.
+    Two layouts: DIR/train plus DIR/val (or DIR/test), each with the same
+    class subfolders; or DIR itself holding the class subfolders (say an
+    ImageNet validation folder), of which a fixed fifth (seed 0) is held out
+    as the test split and the rest serves training-side uses (BN
+    recalibration, reconstruction, the reward's validation subset).
+    Preprocessing at SIZE (default 224, torchvision's ImageNet models):
+    Resize to SIZE/0.875, CenterCrop SIZE, ImageNet mean/std; SIZE <= 64
+    (CIFAR-style zoo models: ``@32``) resizes to SIZE x SIZE.
     """
+    usage = "'imagefolder:DIR' or 'imagefolder:DIR@SIZE' (e.g. imagefolder:/data/val@224)"
     if not arg:
-        raise AdcError("data source 'imagefolder' needs a folder: 'imagefolder:DIR' with DIR/train and DIR/val")
-    from torchvision import datasets, transforms
+        raise AdcError(f"data source 'imagefolder' needs a folder: {usage}")
+    from torchvision import datasets
 
-    root = Path(arg).expanduser()
+    folder, at, size_text = arg.rpartition("@")
+    if not at or not size_text.isdigit():
+        folder, size_text = arg, str(_IMAGEFOLDER_SIZE)
+    size = int(size_text)
+    if not 8 <= size <= 1024:
+        raise AdcError(f"data source 'imagefolder:{arg}': image size {size} must be between 8 and 1024 ({usage})")
+    tf, preprocessing = _imagefolder_transform(size)
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise AdcError(f"data source 'imagefolder:{arg}': {str(root)!r} is not a folder ({usage})")
     train_dir = root / "train"
     test_dir = next((d for d in (root / "val", root / "test") if d.is_dir()), None)
-    if not train_dir.is_dir() or test_dir is None:
-        raise AdcError(
-            f"data source 'imagefolder:{arg}': expected {str(train_dir)!r} and {str(root / 'val')!r} (or"
-            f" {str(root / 'test')!r}), each with one subfolder of images per class"
-        )
-    tf = transforms.Compose(
-        [transforms.Resize(_IMAGEFOLDER_SIZE), transforms.ToTensor(), transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)]
-    )
+    split = train_dir.is_dir() and test_dir is not None
     try:
-        train = datasets.ImageFolder(str(train_dir), transform=tf)
-        test = datasets.ImageFolder(str(test_dir), transform=tf)
+        if split:
+            train = datasets.ImageFolder(str(train_dir), transform=tf)
+            test = datasets.ImageFolder(str(test_dir), transform=tf)
+        else:
+            whole = datasets.ImageFolder(str(root), transform=tf)
     except (FileNotFoundError, RuntimeError) as exc:  # no class folders / no images
-        raise AdcError(f"data source 'imagefolder:{arg}': {str(exc).splitlines()[0]}") from exc
+        raise AdcError(
+            f"data source 'imagefolder:{arg}': {str(exc).splitlines()[0]} (expected DIR/train and DIR/val, or one"
+            " subfolder of images per class in DIR)"
+        ) from exc
+    if not split:
+        train, test = split_train_val(whole, val_fraction=_IMAGEFOLDER_TEST_FRACTION, seed=0)
+        return _Source(train, test, len(whole.classes), 3, (size, size),
+                       f"{preprocessing}; test split: a fixed {_IMAGEFOLDER_TEST_FRACTION:.0%} of {str(root)!r}")
     if train.classes != test.classes:
         raise AdcError(
             f"data source 'imagefolder:{arg}': {str(train_dir)!r} and {str(test_dir)!r} have different class"
             f" folders ({len(train.classes)} vs {len(test.classes)}); they must match"
         )
-    return _Source(
-        train, test, len(train.classes), 3, _IMAGEFOLDER_SIZE, "RGB, Resize 32x32, ToTensor, ImageNet mean/std"
-    )
+    return _Source(train, test, len(train.classes), 3, (size, size), preprocessing)
 
 
 # ------------------------------------------------------------------ plugins

@@ -9,6 +9,7 @@ and writes the outputs (:mod:`adc.outputs`).
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,9 +50,10 @@ class SearchConfig:
     min_keep: float = 0.2
     bn_calibration: int = 512
     val_size: int = 1000
-    reconstruct: bool = False
+    reconstruct: bool = True
     fill_budget: bool = True
     warmup: int | None = None
+    agent_options: list[str] = field(default_factory=list)
     out: str | None = None
     tensorboard: bool = False
     latency: bool = False
@@ -60,6 +62,22 @@ class SearchConfig:
     cache_dir: str | None = None
     energy_model: str | None = None
     threads: int = 1
+
+    def agent_option_values(self) -> dict[str, Any]:
+        """``agent_options`` (``["noise_sigma=0.3", ...]``) plus ``warmup`` as keyword options of the agent.
+
+        Raises:
+            AdcError: on an entry that is not KEY=VALUE.
+        """
+        values: dict[str, Any] = {}
+        for item in self.agent_options:
+            key, sep, value = str(item).partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise AdcError(f"--agent-option {item!r}: expected KEY=VALUE, such as noise_sigma=0.3")
+            values[key.strip()] = value.strip()
+        if self.warmup is not None:
+            values["warmup"] = self.warmup
+        return values
 
     @classmethod
     def from_file(cls, path: str | Path) -> SearchConfig:
@@ -83,7 +101,9 @@ class SearchConfig:
 
         for b in self.budget:
             parse_budget(b)
-        AGENTS.get(self.agent)
+        from agents.base import parse_options
+
+        parse_options(self.agent, AGENTS.get(self.agent).Options, self.agent_option_values())
         CRITERIA.get(self.criterion)
         get_reward(self.reward)
         check_device(self.device)
@@ -172,23 +192,32 @@ def _run_search(
     splits = load_data(config.data)
     model = load_model(config, splits, status)
     x = example_input(splits)
+    fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     settings = dataclasses.asdict(config)
     if not resume:  # a resumed run keeps its config.toml until the search has accepted the settings
         write_config(out / CONFIG_FILE, settings)
-    options = {"warmup": config.warmup} if config.warmup is not None else {}
+    options = config.agent_option_values()
     writer = _tensorboard(out) if config.tensorboard else None
     if writer is not None:
         progress = _logging_progress(writer, progress)
-    result = search(
-        model, x, data=splits, budget=config.budget, agent=config.agent, episodes=config.episodes,
-        criterion=config.criterion, reward=config.reward, seed=config.seed, round_to=config.round_to,
-        min_keep=config.min_keep, bn_calibration=config.bn_calibration, val_size=config.val_size,
-        reconstruct=config.reconstruct, fill_budget=config.fill_budget, device=config.device,
-        agent_options=options, out=out, resume=resume, progress=progress,
-        latency=config.latency, runtime=config.runtime, latency_batch=config.latency_batch, cache_dir=config.cache_dir,
-        energy_model=config.energy_model, table_progress=table_progress, threads=config.threads,
-    )
+    try:
+        result = search(
+            model, x, data=splits, budget=config.budget, agent=config.agent, episodes=config.episodes,
+            criterion=config.criterion, reward=config.reward, seed=config.seed, round_to=config.round_to,
+            min_keep=config.min_keep, bn_calibration=config.bn_calibration, val_size=config.val_size,
+            reconstruct=config.reconstruct, fill_budget=config.fill_budget, device=config.device,
+            agent_options=options, out=out, resume=resume, progress=progress,
+            latency=config.latency, runtime=config.runtime, latency_batch=config.latency_batch, cache_dir=config.cache_dir,
+            energy_model=config.energy_model, table_progress=table_progress, threads=config.threads,
+        )
+    except AdcError:
+        # Refused before any episode (an unreachable budget, say): leave no half-made run folder behind.
+        if writer is not None:
+            writer.close()
+        if fresh and not (out / CHECKPOINT_DIR).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if writer is not None:
         writer.close()
     if resume:

@@ -200,8 +200,10 @@ def _coerce(agent: str, key: str, value: Any, hint: Any) -> Any:
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         return kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # AdcError is a ValueError: a bad tuple item lands here too
         name = getattr(kind, "__name__", str(kind))
+        if typing.get_origin(kind) is tuple:
+            name = f"comma-separated {typing.get_args(kind)[0].__name__}s (such as 64,64)"
         raise AdcError(f"option {key}={value!r} for agent {agent!r} must be of type {name}") from None
 
 

@@ -33,7 +33,7 @@ CSV_COLUMNS = [
     "kept_fraction",
 ]
 STRATEGY_ORDER = ["uniform", "sensitivity", "random", "ddpg", "td3", "sac"]
-VARIANT_ORDER = ["default", "reconstruct", "no-bn-recal"]
+VARIANT_ORDER = ["default", "no-reconstruct", "no-bn-recal"]
 COLORS = {"uniform": "tab:gray", "sensitivity": "tab:olive", "random": "tab:blue", "ddpg": "tab:red",
           "td3": "tab:purple", "sac": "tab:brown"}
 

@@ -206,6 +206,17 @@ def test_ddpg_is_configured_as_amc(env):
     assert make_agent("ddpg", env, episodes=40).warmup == 10
 
 
+@pytest.mark.parametrize("name", RL_AGENTS)
+def test_first_warmup_episode_plays_the_uniform_policy(name, env):
+    first, second = play(make_agent(name, env, episodes=6, **SMALL), 2)
+    assert first["agent"]["phase"] == "uniform" and second["agent"]["phase"] == "warmup"
+    np.testing.assert_allclose(first["actions"], env.uniform_actions(), atol=1e-6)
+    assert not np.allclose(second["actions"], env.uniform_actions(), atol=1e-3)
+    off = play(make_agent(name, env, episodes=6, start_uniform=False, **SMALL), 1)[0]
+    assert off["agent"]["phase"] == "warmup"
+    assert not np.allclose(off["actions"], env.uniform_actions(), atol=1e-3)
+
+
 def test_exploitation_episodes_play_the_actor_without_noise(env):
     agent = make_agent("ddpg", env, episodes=6, **SMALL)
     play(agent, 6)

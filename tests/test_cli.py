@@ -58,10 +58,10 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, trained_checkpoint) -> Path:
-    """``adc search --data digits --budget flops=0.5 --episodes 6 --warmup 2 --out DIR`` (the default model)."""
+    """``adc search --data digits --budget flops=0.5 --episodes 6 --warmup 2 --agent-option hidden=32,32 --out DIR``."""
     out = tmp_path_factory.mktemp("cli") / "run"
     result = invoke("search", "--data", "digits", "--budget", "flops=0.5", "--episodes", "6", "--warmup", "2",
-                    "--bn-calibration", "256", "--out", str(out))
+                    "--agent-option", "hidden=32,32", "--bn-calibration", "256", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "Best policy" in result.output
     return out
@@ -84,6 +84,8 @@ def test_search_writes_every_output(finished_run):
     assert "Measured latency" in report
     config = tomllib.loads((finished_run / "config.toml").read_text())
     assert config["budget"] == ["flops=0.5"] and config["episodes"] == 6 and config["warmup"] == 2
+    assert config["agent_options"] == ["hidden=32,32"] and config["reconstruct"] is True
+    assert [r["phase"] for r in rows[:3]] == ["uniform", "warmup", "explore"]
     # no stray temporary files from the atomic writes
     assert not [p for p in finished_run.rglob("*.tmp")]
 
@@ -97,16 +99,24 @@ def test_saved_model_loads_and_meets_the_budget_counted_independently(finished_r
         assert small(torch.randn(4, 1, 8, 8)).shape == (4, 10)
 
 
-def test_config_reruns_the_search(finished_run, tmp_path, no_speedup):
+def test_config_reruns_the_search_with_other_flags_and_tensorboard(finished_run, tmp_path, no_speedup):
     out = tmp_path / "rerun"
-    result = invoke("search", "--config", str(finished_run / "config.toml"), "--out", str(out), "--episodes", "4")
+    result = invoke("search", "--config", str(finished_run / "config.toml"), "--out", str(out), "--episodes", "4",
+                    "--agent-option", "start_uniform=false", "--tensorboard")
     assert result.exit_code == 0, result.output
-    assert len(history_rows(out)) == 4
+    assert [r["phase"] for r in history_rows(out)] == ["warmup", "warmup", "exploit", "refine"]
     old = tomllib.loads((finished_run / "config.toml").read_text())
     new = tomllib.loads((out / "config.toml").read_text())
-    assert new["episodes"] == 4 and new["out"] == str(out)
-    assert {k: v for k, v in new.items() if k not in ("episodes", "out")} == \
-        {k: v for k, v in old.items() if k not in ("episodes", "out")}
+    assert new["episodes"] == 4 and new["out"] == str(out) and new["agent_options"] == ["start_uniform=false"]
+    changed = ("episodes", "out", "agent_options", "tensorboard")
+    assert {k: v for k, v in new.items() if k not in changed} == {k: v for k, v in old.items() if k not in changed}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb")).Reload()
+    rewards = [e.value for e in events.Scalars("reward/episode")]
+    assert len(rewards) == 4 and [e.step for e in events.Scalars("reward/best")] == [0, 1, 2, 3]
+    assert rewards == pytest.approx([float(r["reward"]) for r in history_rows(out)], abs=1e-6)
+    assert {"metrics/top1", "metrics/flops_ratio"} <= set(events.Tags()["scalars"])
 
 
 def test_interrupted_search_resumes_from_the_command_line(tmp_path, monkeypatch, trained_checkpoint, no_speedup):
@@ -197,6 +207,9 @@ BAD_INPUTS = {
     "budget": (["--budget", "flops=2x"], ["'flops=2x'", "flops", "params"]),
     "budget-key": (["--budget", "speed=0.5"], ["'speed'", "flops"]),
     "episodes": (["--episodes", "0"], ["--episodes 0"]),
+    "agent-option": (["--agent-option", "noise=0.3"], ["unknown option 'noise' for agent 'ddpg'", "noise_sigma"]),
+    "agent-option-form": (["--agent-option", "noise_sigma"], ["--agent-option 'noise_sigma'", "KEY=VALUE"]),
+    "agent-option-type": (["--agent-option", "hidden=wide"], ["hidden='wide'", "comma-separated ints"]),
     "checkpoint-missing": (["--checkpoint", "/no/such/file.pt"], ["/no/such/file.pt", "does not exist"]),
     "config-missing": (["--config", "/no/such/config.toml"], ["/no/such/config.toml"]),
 }
@@ -235,7 +248,7 @@ def test_unreachable_budget_is_refused_with_the_smallest_reachable_value(monkeyp
     code, _, err = run_main(monkeypatch, capsys, "search", "--budget", "flops=0.01", "--episodes", "2",
                             "--out", str(tmp_path / "out"))
     assert_refused(code, err, "flops=0.01", "smallest reachable budget is flops=0.")
-    assert not (tmp_path / "out" / "model.pt").exists()
+    assert not (tmp_path / "out").exists()  # nothing was computed: no half-made run folder either
 
 
 def test_out_of_a_finished_run_is_refused_and_left_untouched(finished_run, monkeypatch, capsys):

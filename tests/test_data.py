@@ -5,12 +5,20 @@ from __future__ import annotations
 import gzip
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from adc.data import DATA_SOURCES, DataSplits, example_input, load_data, make_loader, read_idx
+from adc.data import (
+    DATA_SOURCES,
+    DataSplits,
+    example_input,
+    load_data,
+    make_loader,
+    read_idx,
+)
 from adc.errors import AdcError
 
 
@@ -147,17 +155,43 @@ def _write_image_folder(root: Path, per_class: int) -> None:
 
 def test_imagefolder(tmp_path: Path) -> None:
     _write_image_folder(tmp_path, per_class=4)
-    splits = load_data(f"imagefolder:{tmp_path}", val_fraction=0.25)
+    splits = load_data(f"imagefolder:{tmp_path}@32", val_fraction=0.25)
     _check_sample(splits)
     assert (splits.num_classes, splits.in_channels, splits.image_size) == (3, 3, (32, 32))
     assert len(splits.train) == 9 and len(splits.val) == 3 and len(splits.test) == 12
 
 
+def _files(ds: Any) -> set[str]:
+    """The image files behind (nested) Subsets of an ImageFolder."""
+    indices = list(range(len(ds)))
+    while hasattr(ds, "indices"):
+        indices = [ds.indices[i] for i in indices]
+        ds = ds.dataset
+    return {ds.samples[i][0] for i in indices}
+
+
+def test_imagefolder_single_folder_holds_out_a_fixed_test_split(tmp_path: Path) -> None:
+    _write_image_folder(tmp_path, per_class=5)
+    val_dir = tmp_path / "val"  # DESIGN's example: --data imagefolder:/data/val, at torchvision's 224
+    splits = load_data(f"imagefolder:{val_dir}", val_fraction=0.25)
+    assert splits.image_size == (224, 224) and splits.num_classes == 3
+    assert splits.train[0][0].shape == (3, 224, 224)
+    assert "CenterCrop 224" in splits.preprocessing
+    assert len(splits.test) == 3 and len(splits.train) + len(splits.val) == 12
+    assert not _files(splits.train) & _files(splits.test) and not _files(splits.val) & _files(splits.test)
+    again = load_data(f"imagefolder:{val_dir}", val_fraction=0.25)
+    assert again.test.indices == splits.test.indices  # type: ignore[attr-defined]
+
+
 def test_imagefolder_errors(tmp_path: Path) -> None:
     with pytest.raises(AdcError, match="needs a folder"):
         load_data("imagefolder")
+    with pytest.raises(AdcError, match="is not a folder"):
+        load_data(f"imagefolder:{tmp_path / 'missing'}")
+    with pytest.raises(AdcError, match="image size 4 must be between 8 and 1024"):
+        load_data(f"imagefolder:{tmp_path}@4")
     (tmp_path / "train").mkdir()
-    with pytest.raises(AdcError, match=r"expected .*train.*val.*test"):
+    with pytest.raises(AdcError, match=r"expected DIR/train and DIR/val, or one subfolder of images per class"):
         load_data(f"imagefolder:{tmp_path}")
 
 

@@ -90,7 +90,7 @@ def test_ddpg_search_meets_the_budget_and_same_seed_gives_the_same_search(make_t
         runs.append(result)
     a, b = runs
     check_result(a, make_trained(), digits_input, "ddpg", 5)
-    assert [r["phase"] for r in a.history][:2] == ["warmup", "warmup"]
+    assert [r["phase"] for r in a.history][:2] == ["uniform", "warmup"]
     assert [r["reward"] for r in a.history] == [r["reward"] for r in b.history]
     assert [r["policy"] for r in a.history] == [r["policy"] for r in b.history]
     assert a.policy == b.policy
