@@ -61,6 +61,8 @@ def search(
     min_keep: Annotated[float | None, typer.Option(help="Smallest kept fraction of any unit (default 0.2).")] = None,
     bn_calibration: Annotated[int | None, typer.Option(help="Training images for BN recalibration (0: off).")] = None,
     val_size: Annotated[int | None, typer.Option(help="Validation images the reward is computed on.")] = None,
+    select_top: Annotated[int | None, typer.Option(help="Re-score this many best policies on held-out validation images at the end and keep the best there (default 8; 0: off).")] = None,
+    select_size: Annotated[int | None, typer.Option(help="Held-out validation images of that final selection (default 5000).")] = None,
     reconstruct: Annotated[bool | None, typer.Option("--reconstruct/--no-reconstruct", help="Refit the layers after each pruned unit by least squares (default on).")] = None,
     fill_budget: Annotated[bool | None, typer.Option("--fill-budget/--no-fill-budget", help="Make every policy use its budget.")] = None,
     warmup: Annotated[int | None, typer.Option(help="Random warm-up episodes of a learning agent.")] = None,

@@ -156,6 +156,18 @@ def _speed_lines(speed: Mapping[str, Any] | None, o: Mapping[str, Any], m: Mappi
     return [*lines, ""] if lines else []
 
 
+def _selection_lines(selection: list[dict[str, Any]]) -> list[str]:
+    if not selection:
+        return []
+    top = max(selection, key=lambda c: c["reward"])
+    chosen = selection[0]
+    return [
+        f"- final selection: the {len(selection)} best distinct policies re-scored on held-out validation images; "
+        f"episode {chosen['episode']} scored best there ({chosen['holdout_reward']:.4f}, top-1 {_pct(chosen['holdout_top1'])}). "
+        f"The highest search reward, episode {top['episode']} ({top['reward']:.4f}), scored {top['holdout_reward']:.4f} there."
+    ]
+
+
 def write_report(
     path: Path,
     *,
@@ -219,12 +231,13 @@ def write_report(
         *_speed_lines(speed, o, m, after.flops / o["original_flops"]),
         "",
         "Budget use of the best policy (cost / limit): "
-        + ", ".join(f"{k} {v:.4f}" for k, v in next(r for r in history if r["reward"] == result.reward)["budget_use"].items()),
+        + ", ".join(f"{k} {v:.4f}" for k, v in history[result.episode]["budget_use"].items()),
         "",
         "## Search",
         "",
         f"- episodes: {len(history)}" + (" (interrupted)" if result.interrupted else ""),
-        f"- best reward {result.reward:.4f} at episode {next(r['episode'] for r in history if r['reward'] == result.reward)}",
+        f"- result: episode {result.episode}, reward {result.reward:.4f} on the search's validation subset",
+        *_selection_lines(result.selection),
         f"- mean reward of the last {len(tail)} episodes: {sum(r['reward'] for r in tail) / len(tail):.4f}",
         f"- share of episode time spent evaluating (BN recalibration + validation): {100 * eval_share:.1f}%",
     ]

@@ -50,6 +50,8 @@ class SearchConfig:
     min_keep: float = 0.2
     bn_calibration: int = 512
     val_size: int = 1000
+    select_top: int = 8
+    select_size: int = 5000
     reconstruct: bool = True
     fill_budget: bool = True
     warmup: int | None = None
@@ -125,6 +127,8 @@ class SearchConfig:
             raise AdcError(f"--round-to {self.round_to}: must be a positive integer")
         if self.bn_calibration < 0 or self.val_size < 1:
             raise AdcError("--bn-calibration must be >= 0 and --val-size >= 1")
+        if self.select_top < 0 or self.select_size < 0:
+            raise AdcError(f"--select-top {self.select_top} / --select-size {self.select_size}: must be >= 0")
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise AdcError(f"--checkpoint {self.checkpoint!r}: file does not exist")
 
@@ -206,6 +210,7 @@ def _run_search(
             model, x, data=splits, budget=config.budget, agent=config.agent, episodes=config.episodes,
             criterion=config.criterion, reward=config.reward, seed=config.seed, round_to=config.round_to,
             min_keep=config.min_keep, bn_calibration=config.bn_calibration, val_size=config.val_size,
+            select_top=config.select_top, select_size=config.select_size,
             reconstruct=config.reconstruct, fill_budget=config.fill_budget, device=config.device,
             agent_options=options, out=out, resume=resume, progress=progress,
             latency=config.latency, runtime=config.runtime, latency_batch=config.latency_batch, cache_dir=config.cache_dir,
@@ -269,6 +274,7 @@ def write_outputs(out: Path, result: SearchResult, model: nn.Module, x: torch.Te
     save(pruned_cpu, out / "model.pt", policy=result.policy, meta=meta)
     atomic_write_text(out / "policy.json", json.dumps(
         {"policy": result.policy, "kept": result.kept, "reward": result.reward, "metrics": result.metrics,
+         "episode": result.episode, "selection": result.selection,
          "test_top1": test}, indent=2))
     write_history_csv(out / "history.csv", result.history)
     graph = result._pruner.graph

@@ -35,6 +35,8 @@ from adc.training import recalibrate_bn
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.json"
 DEVICES = ("cpu", "cuda")
+MIN_HOLDOUT = 500
+"""Fewest held-out validation images worth a final selection (a standard error of about 1.3 points at 90%)."""
 
 
 @dataclass
@@ -49,6 +51,12 @@ class SearchResult:
         original: The unpruned model's record (no recalibration).
         history: One record per episode, in order.
         interrupted: True if the search stopped early (Ctrl-C).
+        episode: The episode the result's policy comes from.
+        selection: The final selection, when it ran: one entry per re-scored
+            candidate (``episode``, ``reward`` on the search's validation
+            subset, ``holdout_reward`` and ``holdout_top1`` on held-out
+            validation images), best first by the held-out reward; the result
+            is the first entry's episode.
     """
 
     policy: dict[str, float]
@@ -58,6 +66,8 @@ class SearchResult:
     original: dict[str, float]
     history: list[dict[str, Any]]
     interrupted: bool = False
+    selection: list[dict[str, Any]] = field(default_factory=list)
+    episode: int = -1
     _pruner: ChannelPruner | None = field(default=None, repr=False)
     _bn_images: torch.Tensor | None = field(default=None, repr=False)
 
@@ -108,10 +118,11 @@ def _calibration_batches(dataset: torch.utils.data.Dataset, count: int, seed: in
     return [(images[i:i + batch], labels[i:i + batch]) for i in range(0, len(images), batch)]
 
 
-def validation_evaluator(splits: DataSplits, *, val_size: int, device: torch.device, batch_size: int = 128) -> Callable[[nn.Module], dict]:
-    """Evaluate on a fixed subset of the validation split (never the test split)."""
+def validation_evaluator(splits: DataSplits, *, val_size: int, device: torch.device, batch_size: int = 128,
+                         offset: int = 0) -> Callable[[nn.Module], dict]:
+    """Evaluate on a fixed subset of the validation split (never the test split): images ``offset`` to ``offset + val_size``."""
     images, labels = [], []
-    for i in range(min(val_size, len(splits.val))):
+    for i in range(offset, min(offset + val_size, len(splits.val))):
         x, y = splits.val[i]
         images.append(x)
         labels.append(int(y))
@@ -156,6 +167,8 @@ def search(
     bn_calibration: int = 512,
     val_size: int = 1000,
     calibration_size: int = 256,
+    select_top: int = 8,
+    select_size: int = 5000,
     reconstruct: bool | None = None,
     fill_budget: bool = True,
     exploit_episodes: int | None = None,
@@ -194,6 +207,16 @@ def search(
             ``min_keep``: smallest kept fraction of a unit.
         reward: Reward name, plugin spec or callable.
         seed: Seeds the agent and every sampled subset; same seed, same search on CPU.
+        select_top: The final selection: the ``select_top`` best distinct
+            policies are re-scored on up to ``select_size`` validation images
+            the reward never saw, and the best there is the result. The best of
+            hundreds of rewards measured on ``val_size`` images is biased
+            upward (on the Fashion-MNIST benchmark a policy 2.5 points above
+            uniform on 1,000 images was 1.3 below it on the test set); an
+            unbiased second look at a few candidates removes most of that.
+            Needs ``data`` with at least 500 validation images beyond
+            ``val_size``; 0 or 1 turns it off. Not run on an interrupted search.
+        select_size: Held-out validation images of the final selection.
         reconstruct: Least-squares reconstruction of pruned layers (AMC's channel
             pruning, ThiNet): each layer after a pruned unit is refit on
             ``calibration_size`` training images. None (default) turns it on
@@ -235,12 +258,17 @@ def search(
     example_input = example_input.to(dev)
     budgets = [f"{k}={v}" for k, v in budget.items()] if isinstance(budget, Mapping) else list(budget)
 
+    if select_top < 0 or select_size < 0:
+        raise AdcError(f"select_top={select_top}, select_size={select_size}: must be >= 0")
+    holdout_evaluate = None
     calibration = None
     if reconstruct is None:
         reconstruct = data is not None
     if data is not None:
         if evaluate is None:
             evaluate = validation_evaluator(data, val_size=val_size, device=dev)
+            if select_top > 1 and min(select_size, len(data.val) - val_size) >= MIN_HOLDOUT:
+                holdout_evaluate = validation_evaluator(data, val_size=select_size, device=dev, offset=val_size)
         if bn_images is None:
             bn_images = _fixed_images(data.train, bn_calibration, seed)
         if criterion in ("taylor", "apoz") or reconstruct:
@@ -315,11 +343,49 @@ def search(
         save_checkpoint()
     if not history:
         raise AdcError("the search was interrupted before its first episode finished; nothing to report")
+    selection: list[dict[str, Any]] = []
+    if holdout_evaluate is not None and not interrupted:
+        selection = select_on_holdout(env, history, holdout_evaluate, top=select_top)
+        if selection:
+            best = history[selection[0]["episode"]]
     return SearchResult(
         policy=dict(best["policy"]), kept=dict(best["kept"]), metrics=dict(best["metrics"]), reward=float(best["reward"]),
-        original=dict(env.original_record), history=history, interrupted=interrupted,
+        original=dict(env.original_record), history=history, interrupted=interrupted, selection=selection,
+        episode=int(best["episode"]),
         _pruner=env.pruner, _bn_images=bn_images,
     )
+
+
+def select_on_holdout(env: Any, history: list[dict[str, Any]], evaluate: Callable[[nn.Module], Mapping[str, float]],
+                      *, top: int) -> list[dict[str, Any]]:
+    """Re-score the ``top`` best distinct policies of ``history`` with ``evaluate``; best first.
+
+    The environment prunes, reconstructs and recalibrates each candidate as in
+    an episode; only the images it is evaluated on change, so the reward is
+    the same function of an unbiased accuracy estimate. Returns [] when there
+    are fewer than two distinct candidates.
+    """
+    seen: set[tuple[int, ...]] = set()
+    candidates: list[dict[str, Any]] = []
+    for record in sorted(history, key=lambda r: r["reward"], reverse=True):
+        kept = tuple(int(record["kept"][u.name]) for u in env.units)
+        if kept not in seen:
+            seen.add(kept)
+            candidates.append(record)
+        if len(candidates) == top:
+            break
+    if len(candidates) < 2:
+        return []
+    search_evaluate, env.evaluate_fn = env.evaluate_fn, evaluate
+    try:
+        scored = []
+        for record in candidates:
+            result = env.score_kept(np.array([record["kept"][u.name] for u in env.units], dtype=np.float64))
+            scored.append({"episode": int(record["episode"]), "reward": float(record["reward"]),
+                           "holdout_reward": float(result["reward"]), "holdout_top1": float(result["metrics"]["top1"])})
+    finally:
+        env.evaluate_fn = search_evaluate
+    return sorted(scored, key=lambda c: c["holdout_reward"], reverse=True)
 
 
 def refine(env: Any, best: Callable[[], Mapping[str, Any]], episodes: int, on_episode: Callable[[dict], bool],

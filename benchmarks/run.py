@@ -57,6 +57,8 @@ class Settings:
     finetune_samples: int | None         # training images per fine-tune epoch (None: the whole train split)
     finetune_lr: float = 0.01
     train_epochs: int = 8                # reference model training (adc.pretrained.ensure_trained)
+    select_top: int = 8                  # final selection: best policies re-scored on held-out validation images
+    select_size: int = 5000              # held-out validation images of the final selection
     criterion: str = "l1"
 
     def tag(self) -> str:
@@ -192,7 +194,7 @@ class Bench:
         result = search(
             model, self.x, data=self.splits, budget=[f"flops={row.budget}"], agent=row.strategy, episodes=s.episodes,
             criterion=s.criterion, reconstruct=row.reconstruct, bn_calibration=s.bn_calibration if row.bn_recalibration else 0,
-            val_size=s.val_size, seed=row.seed,
+            val_size=s.val_size, seed=row.seed, select_top=s.select_top, select_size=s.select_size,
         )
         search_seconds = time.perf_counter() - started
         pruned = result.prune()
@@ -219,6 +221,9 @@ class Bench:
             "search_wall_s": search_seconds, "episode_mean_s": wall / len(history),
             "eval_share": sum(h["evaluate_time"] for h in history) / wall if wall > 0 else None,
             "val_top1_best": result.metrics["top1"],
+            "chosen_episode": result.episode,
+            "top_reward_episode": max(history, key=lambda h: h["reward"])["episode"],
+            "selection": result.selection,
             "test_top1_unpruned": ref["test_top1"], "test_top1_pruned": test_pruned,
             "test_top1_finetuned": ft_records[-1]["test_top1"], "finetune_epochs": s.finetune_epochs,
             "finetune_s": finetune_seconds,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 
@@ -15,6 +16,8 @@ from adc.cost import count
 from adc.errors import AdcError
 from adc.models import build_model
 from adc.search import CHECKPOINT_DIR, HISTORY_FILE
+
+search_module = importlib.import_module("adc.search")  # the module: adc.search is the function
 
 FAST = {"bn_calibration": 128, "val_size": 500}
 
@@ -206,3 +209,49 @@ def test_search_result_history_is_json_serialisable(tmp_path):
     assert [r["policy"] for r in saved] == [r["policy"] for r in result.history]
     assert all(math.isfinite(r["wall_time"]) for r in saved)
     assert np.isfinite([r["reward"] for r in saved]).all()
+
+
+# -------------------------------------------------------------- final selection
+
+
+class _ScoringEnv:
+    """Just what select_on_holdout uses: units, evaluate_fn, score_kept."""
+
+    def __init__(self) -> None:
+        self.units = [type("U", (), {"name": n})() for n in ("a", "b")]
+        self.evaluate_fn = lambda model: {"top1": 0.0}
+
+    def score_kept(self, kept: np.ndarray) -> dict:
+        top1 = float(self.evaluate_fn(kept)["top1"])
+        return {"reward": top1, "metrics": {"top1": top1}}
+
+
+def test_final_selection_rescores_the_best_distinct_policies_and_restores_the_evaluator():
+    env = _ScoringEnv()
+    search_evaluate = env.evaluate_fn
+    rewards = [0.5, 0.9, 0.9, 0.8, 0.7, 0.1]
+    kept = [(1, 1), (2, 2), (2, 2), (3, 3), (4, 4), (5, 5)]  # episodes 1 and 2 are the same policy
+    history = [{"episode": i, "reward": r, "kept": {"a": k[0], "b": k[1]}} for i, (r, k) in enumerate(zip(rewards, kept))]
+    holdout = {2: 0.6, 3: 0.95, 4: 0.7}  # the search's top policy is not the best on held-out images
+    selection = search_module.select_on_holdout(env, history, lambda kept_: {"top1": holdout[int(kept_[0])]}, top=3)
+    assert [c["episode"] for c in selection] == [3, 4, 1]
+    assert [c["holdout_reward"] for c in selection] == [0.95, 0.7, 0.6]
+    assert selection[0]["reward"] == 0.8
+    assert env.evaluate_fn is search_evaluate
+    assert search_module.select_on_holdout(env, history[:1], lambda k: {"top1": 1.0}, top=3) == []
+
+
+def test_search_keeps_the_policy_the_final_selection_chose(trained, digits, digits_input, monkeypatch):
+    monkeypatch.setattr(search_module, "MIN_HOLDOUT", 50)  # digits has a small validation split
+    result = adc.search(trained, digits_input, data=digits, budget={"flops": 0.5}, agent="random", episodes=6, seed=0,
+                        bn_calibration=128, val_size=60, select_top=4, select_size=200)
+    assert 2 <= len(result.selection) <= 4
+    chosen = result.history[result.selection[0]["episode"]]
+    assert result.episode == chosen["episode"] and result.policy == chosen["policy"] and result.reward == chosen["reward"]
+    holdout = [c["holdout_reward"] for c in result.selection]
+    assert holdout == sorted(holdout, reverse=True)
+    ranked = sorted(result.history, key=lambda r: r["reward"], reverse=True)
+    assert result.selection[0]["episode"] in [r["episode"] for r in ranked[:4]]
+    off = adc.search(trained, digits_input, data=digits, budget={"flops": 0.5}, agent="random", episodes=6, seed=0,
+                     bn_calibration=128, val_size=60, select_top=0)
+    assert off.selection == [] and off.reward == max(r["reward"] for r in off.history)
