@@ -209,6 +209,7 @@ BAD_INPUTS = {
     "episodes": (["--episodes", "0"], ["--episodes 0"]),
     "agent-option": (["--agent-option", "noise=0.3"], ["unknown option 'noise' for agent 'ddpg'", "noise_sigma"]),
     "agent-option-form": (["--agent-option", "noise_sigma"], ["--agent-option 'noise_sigma'", "KEY=VALUE"]),
+    "select-top": (["--select-top", "-1"], ["--select-top -1", ">= 0"]),
     "agent-option-type": (["--agent-option", "hidden=wide"], ["hidden='wide'", "comma-separated ints"]),
     "checkpoint-missing": (["--checkpoint", "/no/such/file.pt"], ["/no/such/file.pt", "does not exist"]),
     "config-missing": (["--config", "/no/such/config.toml"], ["/no/such/config.toml"]),

@@ -241,7 +241,7 @@ def test_final_selection_rescores_the_best_distinct_policies_and_restores_the_ev
     assert search_module.select_on_holdout(env, history[:1], lambda k: {"top1": 1.0}, top=3) == []
 
 
-def test_search_keeps_the_policy_the_final_selection_chose(trained, digits, digits_input, monkeypatch):
+def test_search_keeps_the_policy_the_final_selection_chose(trained, digits, digits_input, monkeypatch, tmp_path):
     monkeypatch.setattr(search_module, "MIN_HOLDOUT", 50)  # digits has a small validation split
     result = adc.search(trained, digits_input, data=digits, budget={"flops": 0.5}, agent="random", episodes=6, seed=0,
                         bn_calibration=128, val_size=60, select_top=4, select_size=200)
@@ -252,6 +252,12 @@ def test_search_keeps_the_policy_the_final_selection_chose(trained, digits, digi
     assert holdout == sorted(holdout, reverse=True)
     ranked = sorted(result.history, key=lambda r: r["reward"], reverse=True)
     assert result.selection[0]["episode"] in [r["episode"] for r in ranked[:4]]
+    from adc.outputs import write_report
+
+    text = write_report(tmp_path / "report.md", graph=result._pruner.graph, result=result, settings={},
+                        counted={"flops": 1.0, "params": 1.0}).read_text()
+    assert f"- result: episode {result.episode}," in text
+    assert f"final selection: the {len(result.selection)} best distinct policies" in text
     off = adc.search(trained, digits_input, data=digits, budget={"flops": 0.5}, agent="random", episodes=6, seed=0,
                      bn_calibration=128, val_size=60, select_top=0)
     assert off.selection == [] and off.reward == max(r["reward"] for r in off.history)
