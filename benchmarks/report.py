@@ -272,6 +272,13 @@ made before this run's results were seen and are the same for every strategy;
 quick and smoke modes only shrink them."""
 
 
+def _notes(path: Path) -> list[str]:
+    """The hand-written reading of a run (``{stem}_notes.md``, kept in git), placed after the verdicts."""
+    if not path.is_file():
+        return []
+    return [path.read_text().rstrip(), ""]
+
+
 def write_report(
     records: list[dict[str, Any]],
     references: Mapping[str, Mapping[str, Any]],
@@ -327,6 +334,7 @@ def write_report(
         "",
         *(verdicts(groups) or ["- no ddpg rows yet."]),
         "",
+        *_notes(out_dir / f"{stem}_notes.md"),
         "## Results",
         "",
         "Test top-1 is on the 10,000 Fashion-MNIST test images; the search's reward saw only its validation subset "
