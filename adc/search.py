@@ -211,9 +211,10 @@ def search(
             policies are re-scored on up to ``select_size`` validation images
             the reward never saw, and the best there is the result. The best of
             hundreds of rewards measured on ``val_size`` images is biased
-            upward (on the Fashion-MNIST benchmark a policy 2.5 points above
-            uniform on 1,000 images was 1.3 below it on the test set); an
-            unbiased second look at a few candidates removes most of that.
+            upward (on the Fashion-MNIST benchmark the top policy scored 93.7%
+            on its 1,000 images and 91.2% on the test set, 1.3 points below
+            uniform); an unbiased second look at a few candidates removes most
+            of that.
             Needs ``data`` with at least 500 validation images beyond
             ``val_size``; 0 or 1 turns it off. Not run on an interrupted search.
         select_size: Held-out validation images of the final selection.
