@@ -32,7 +32,7 @@ from torch.utils.data import Subset
 
 from adc.data import DataSplits, make_loader
 from adc.errors import AdcError
-from adc.training import _prepare, evaluate, make_sgd
+from adc.training import evaluate, make_sgd, train_epoch
 
 FINETUNED_FILE = "model_finetuned.pt"
 SETTINGS_FILE = "finetune.json"
@@ -142,33 +142,22 @@ def finetune(
     total_steps = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
 
+    loss_fn = None
+    if teacher is not None:
+        def loss_fn(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                target = teacher(images)
+            return distillation_loss(logits, target, labels, temperature=temperature, alpha=alpha)
+
     best_state: dict[str, torch.Tensor] | None = None
     best_top1 = -1.0
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         epoch_lr = optimizer.param_groups[0]["lr"]
-        student.train()
-        loss_sum, seen = 0.0, 0
-        for images, labels in loader:
-            images, labels = _prepare(images, dev), torch.as_tensor(labels).to(dev)
-            logits = student(images)
-            if teacher is not None:
-                with torch.no_grad():
-                    target = teacher(images)
-                loss = distillation_loss(logits, target, labels, temperature=temperature, alpha=alpha)
-            else:
-                loss = F.cross_entropy(logits, labels)
-            if not torch.isfinite(loss):
-                raise AdcError(f"fine-tuning diverged at epoch {epoch} (loss {loss.item()}); lower --lr (now {lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(labels)
-            seen += len(labels)
+        train_loss = train_epoch(student, loader, optimizer, scheduler, device=dev, epoch=epoch, loss_fn=loss_fn)
         student.eval()
         test = evaluate(student, splits.test, device=str(dev))
-        record = {"epoch": epoch, "lr": epoch_lr, "train_loss": loss_sum / seen, "test_top1": test["top1"],
+        record = {"epoch": epoch, "lr": epoch_lr, "train_loss": train_loss, "test_top1": test["top1"],
                   "test_top5": test["top5"], "test_loss": test["loss"], "seconds": time.perf_counter() - started}
         records.append(record)
         if test["top1"] > best_top1:

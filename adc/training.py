@@ -43,6 +43,46 @@ def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: floa
     )
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(logits, images, labels)``: the loss of one batch."""
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, *, device: torch.device | str, epoch: int,
+                loss_fn: LossFn | None = None) -> float:
+    """One pass over ``loader`` in train mode, stepping ``optimizer`` and ``scheduler`` every batch.
+
+    Shared by :func:`train_classifier` and :func:`adc.finetune.finetune`.
+
+    Args:
+        loss_fn: The batch loss (default: cross-entropy with the labels).
+        epoch: Its number, for the error message.
+
+    Returns:
+        The mean training loss over the epoch's images.
+
+    Raises:
+        AdcError: when a batch's loss is not finite (the learning rate is too high).
+    """
+    model.train()
+    loss_sum, seen = 0.0, 0
+    for images, labels in loader:
+        images, labels = _prepare(images, device), torch.as_tensor(labels).to(device)
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels) if loss_fn is None else loss_fn(logits, images, labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+            raise AdcError(f"training diverged at epoch {epoch} (loss {value}); lower the learning rate (now {lr})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += value * len(labels)
+        seen += len(labels)
+    return loss_sum / seen
+
+
 def train_classifier(
     model: nn.Module,
     train_ds: Dataset,
@@ -90,20 +130,10 @@ def train_classifier(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    model.train()
     for epoch in range(1, epochs + 1):
-        loss_sum, seen = 0.0, 0
-        for images, labels in loader:
-            images, labels = _prepare(images, device), labels.to(device)
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(labels)
-            seen += len(labels)
+        loss = train_epoch(model, loader, optimizer, scheduler, device=device, epoch=epoch)
         if progress is not None:
-            progress(epoch, loss_sum / seen)
+            progress(epoch, loss)
     return model.eval()
 
 

@@ -177,3 +177,11 @@ def test_defaults_build() -> None:
     splits = load_data(pretrained.DEFAULT_DATA)
     model = build_model(pretrained.DEFAULT_MODEL, num_classes=splits.num_classes, in_channels=splits.in_channels)
     assert pretrained.DEFAULT_EPOCHS > 0 and isinstance(model, nn.Module)
+
+
+def test_a_diverging_training_is_refused_in_one_line_with_the_learning_rate(digits) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.fill_(float("inf"))  # the first batch's loss is not finite
+    with pytest.raises(AdcError, match=r"^training diverged at epoch 1 \(loss nan\); lower the learning rate \(now 0.5\)$"):
+        train_classifier(model, digits.train, epochs=1, lr=0.5)
