@@ -21,16 +21,14 @@ import torch
 
 def main(argv: list[str]) -> None:
     from adc.data import example_input, load_data
-    from adc.models import build_model, load_checkpoint
-    from adc.pretrained import ensure_trained
     from adc.search import search
     from adc.training import evaluate
+    from benchmarks.run import DATA, load_reference
 
     torch.set_num_threads(1)
     agent, episodes, seeds = argv[0], int(argv[1]), [int(s) for s in argv[2].split(",")]
-    splits = load_data("fashion-mnist")
-    model = build_model("zoo:resnet20", num_classes=splits.num_classes, in_channels=splits.in_channels)
-    load_checkpoint(model, ensure_trained("zoo:resnet20", "fashion-mnist", epochs=8))
+    splits = load_data(DATA)
+    model, _ = load_reference("resnet20", splits)
     x = example_input(splits)
     for seed in seeds:
         started = time.time()

@@ -127,6 +127,19 @@ def _write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=1))
 
 
+def load_reference(name: str, splits: Any, *, epochs: int = 8, progress: Any = None) -> tuple[Any, Path]:
+    """The reference model ``zoo:NAME`` trained on the benchmark data's train split, in eval mode, and its checkpoint.
+
+    Trained on first use and cached by :func:`adc.pretrained.ensure_trained` (outside git).
+    """
+    from adc.models import build_model, load_checkpoint
+    from adc.pretrained import ensure_trained
+
+    path = ensure_trained(f"zoo:{name}", DATA, epochs=epochs, seed=0, progress=progress)
+    model = build_model(f"zoo:{name}", num_classes=splits.num_classes, in_channels=splits.in_channels)
+    return load_checkpoint(model, path).eval(), path
+
+
 class Bench:
     """Loads the data and the reference models once, runs rows, caches them."""
 
@@ -145,20 +158,16 @@ class Bench:
         if name in self._models:
             return self._models[name]
         from adc.cost import count
-        from adc.models import build_model, load_checkpoint
-        from adc.pretrained import _TRAIN_SETTINGS, ensure_trained
+        from adc.pretrained import _TRAIN_SETTINGS
         from adc.training import evaluate
 
-        spec = f"zoo:{name}"
         started = time.perf_counter()
 
         def progress(epoch: int, loss: float) -> None:
-            self.log(f"  training {spec}: epoch {epoch}/{self.settings.train_epochs}, loss {loss:.4f}, "
+            self.log(f"  training zoo:{name}: epoch {epoch}/{self.settings.train_epochs}, loss {loss:.4f}, "
                      f"{time.perf_counter() - started:.0f} s")
 
-        path = ensure_trained(spec, DATA, epochs=self.settings.train_epochs, seed=0, progress=progress)
-        model = build_model(spec, num_classes=self.splits.num_classes, in_channels=self.splits.in_channels)
-        model = load_checkpoint(model, path).eval()
+        model, path = load_reference(name, self.splits, epochs=self.settings.train_epochs, progress=progress)
         record_path = self.cache / f"reference-{name}.json"
         if record_path.is_file():
             record = json.loads(record_path.read_text())

@@ -22,16 +22,14 @@ import torch
 
 def main(argv: list[str]) -> None:
     from adc.data import example_input, load_data
-    from adc.models import build_model, load_checkpoint
-    from adc.pretrained import ensure_trained
     from adc.search import search
     from adc.training import evaluate
+    from benchmarks.run import DATA, load_reference
 
     torch.set_num_threads(1)
     name, agent, seed = argv[0], argv[1], int(argv[2])
-    splits = load_data("fashion-mnist")
-    model = build_model(f"zoo:{name}", num_classes=splits.num_classes, in_channels=splits.in_channels)
-    load_checkpoint(model, ensure_trained(f"zoo:{name}", "fashion-mnist", epochs=8))
+    splits = load_data(DATA)
+    model, _ = load_reference(name, splits)
     started = time.time()
     result = search(model, example_input(splits), data=splits, budget=["flops=0.5"], agent=agent, episodes=200,
                     seed=seed, val_size=1000, bn_calibration=512)
