@@ -30,7 +30,7 @@ from adc.pruning import ChannelPruner
 from adc.rewards import Reward
 from adc.serialization import atomic_write_text
 from adc.training import evaluate as evaluate_split
-from adc.training import recalibrate_bn
+from adc.training import prepare_batch, recalibrate_bn
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.json"
@@ -128,7 +128,9 @@ def validation_evaluator(splits: DataSplits, *, val_size: int, device: torch.dev
         labels.append(int(y))
     if not images:
         raise AdcError(f"the validation split of {splits.name!r} is empty; raise the validation fraction")
-    data = list(zip(torch.stack(images).to(device).split(batch_size), torch.as_tensor(labels).to(device).split(batch_size)))
+    # Laid out once as evaluate() wants it (channels_last on CPU), not again every episode.
+    data = list(zip(prepare_batch(torch.stack(images), device).split(batch_size),
+                    torch.as_tensor(labels).to(device).split(batch_size)))
 
     def evaluate(model: nn.Module) -> dict:
         return evaluate_split(model, data, device=str(device), batch_size=batch_size)
@@ -275,7 +277,7 @@ def search(
         if criterion in ("taylor", "apoz") or reconstruct:
             calibration = [(x.to(dev), y.to(dev)) for x, y in _calibration_batches(data.train, calibration_size, seed)]
     if bn_images is not None:
-        bn_images = bn_images.to(dev)
+        bn_images = prepare_batch(bn_images, dev)  # once, not at every recalibration
 
     energy_model = load_energy_model(energy_model)
     if latency_table is None and needs_latency(budgets, reward, latency):

@@ -22,7 +22,7 @@ from adc.data import make_loader
 from adc.errors import AdcError
 
 
-def _prepare(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+def prepare_batch(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """Move a batch to ``device``; on CPU use channels_last, which oneDNN convs run several times faster."""
     x = x.to(device, non_blocking=True)
     if x.ndim == 4 and x.device.type == "cpu":
@@ -67,7 +67,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     model.train()
     loss_sum, seen = 0.0, 0
     for images, labels in loader:
-        images, labels = _prepare(images, device), torch.as_tensor(labels).to(device)
+        images, labels = prepare_batch(images, device), torch.as_tensor(labels).to(device)
         logits = model(images)
         loss = F.cross_entropy(logits, labels) if loss_fn is None else loss_fn(logits, images, labels)
         value = loss.item()
@@ -192,7 +192,7 @@ def evaluate(
         with torch.inference_mode():
             for images, labels in _batches(dataset_or_loader, batch_size, max_samples):
                 labels = labels.to(device)
-                logits = model(_prepare(images, device))
+                logits = model(prepare_batch(images, device))
                 loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
                 k = min(5, logits.shape[1])
                 topk = logits.topk(k, dim=1).indices
@@ -249,7 +249,7 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
                 # the same (momentum=None would over-weight a short last batch).
                 for bn in bns:
                     bn.momentum = (end - start) / (seen + end - start)
-                model(_prepare(images[start:end], device))
+                model(prepare_batch(images[start:end], device))
                 seen += end - start
     finally:
         for bn, momentum in zip(bns, momenta):
