@@ -1,13 +1,18 @@
 """The agent interface shared by the RL agents and the baselines, and their registry.
 
-An agent plays episodes of a pruning environment (one step per prunable unit,
-one episode = one complete policy) and reports each finished episode to the
-caller; the caller (``adc.search``) keeps the best policy, logs and
+An agent plays episodes of a pruning task (one step per prunable unit, one
+episode = one complete policy) on a :class:`~adc.envs.vec_env.PruningVecEnv`
+of N environments, so it advances in rounds of N episodes whose policies are
+scored together (in parallel when the search has workers). It reports each
+finished episode to the caller, which keeps the best policy, logs and
 checkpoints. Agents are built by name::
 
-    agent = make_agent("ddpg", env, episodes=400, seed=0, warmup=50)
-    agent.run(400, on_episode)          # on_episode(final_info) -> bool, False stops
-    agent.save(run_dir / "agent")       # resume later with load_agent(path, env)
+    agent = make_agent("ddpg", envs, episodes=400, seed=0, warmup=50)
+    agent.run(400, on_episode)          # on_episode(final_info) -> bool, False stops after the round
+    agent.save(run_dir / "agent")       # resume later with load_agent(path, envs)
+
+Agents use the environments only through the vector API and the
+:class:`~adc.envs.contract.PruningTask` questions the vector environment answers.
 """
 
 from __future__ import annotations
@@ -17,18 +22,22 @@ import json
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-import gymnasium as gym
 import numpy as np
 
-from adc.errors import AdcError
-from adc.registry import Registry
+from adc.envs import contract
+from adc.envs.vec_env import PruningVecEnv
+from adc.utils.errors import AdcError
+from adc.utils.files import atomic_write_text
+from adc.utils.registry import Registry
 
 OnEpisode = Callable[[dict[str, Any]], bool]
-"""Called with the environment's final ``info`` after every episode; returning False stops ``run``."""
+"""Called with the environment's final ``info`` after every episode; returning False stops ``run`` after the round."""
+OnRound = Callable[[], bool]
+"""Called after every round (its episodes reported, the agent updated); returning False stops ``run``."""
 
 AGENTS: Registry[type[Agent]] = Registry("agent")
 
@@ -44,9 +53,9 @@ class Agent(ABC):
     """Base class of every search agent.
 
     Args:
-        env: The pruning environment (the ``PruningEnv`` contract: one step per
-            unit, ``info["applied_action"]`` every step, the reward and
-            ``info["episode_reward"]`` at the final step).
+        envs: The environments (``envs.num_envs`` episodes a round; the contract of
+            :mod:`adc.envs.contract`: ``info["applied_action"]`` every step, the
+            reward in ``info["reward"]`` at the final step).
         episodes: The planned number of episodes; schedules (warm-up, noise
             decay) and the baselines' evaluation budget are sized to it.
         seed: Seeds every random choice of the agent.
@@ -61,10 +70,10 @@ class Agent(ABC):
     can_exploit: ClassVar[bool] = False
     """Whether ``run(..., explore=False)`` plays something different from exploring (a learned policy)."""
 
-    def __init__(self, env: gym.Env, *, episodes: int, seed: int = 0, **options: Any) -> None:
+    def __init__(self, envs: PruningVecEnv, *, episodes: int, seed: int = 0, **options: Any) -> None:
         if episodes < 1:
             raise AdcError(f"episodes={episodes}: the search needs at least 1 episode")
-        self.env = env
+        self.envs = envs
         self.episodes = int(episodes)
         self.seed = int(seed)
         self.options = parse_options(self.name, self.Options, options)
@@ -72,28 +81,27 @@ class Agent(ABC):
 
     @property
     def num_units(self) -> int:
-        return int(self.env.unwrapped.num_units)
+        return int(self.envs.num_units)
+
+    @property
+    def num_envs(self) -> int:
+        """Episodes a round."""
+        return int(self.envs.num_envs)
 
     @abstractmethod
-    def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True) -> None:
+    def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True, on_round: OnRound | None = None) -> None:
         """Play up to ``episodes`` more episodes, calling ``on_episode(final_info)`` after each.
 
-        Stops early when ``on_episode`` returns False. With ``explore=False`` a
-        learning agent plays its noise-free policy (the exploitation episodes
-        that cash in what it learned at the end of a search).
+        Episodes come in rounds of ``num_envs``; after each round ``on_round()``
+        is called. Stops at the end of a round when ``on_episode`` or
+        ``on_round`` returned False. With ``explore=False`` a learning agent
+        plays its noise-free policy (the exploitation episodes that cash in what
+        it learned at the end of a search).
         """
 
     def predict(self, observation: np.ndarray) -> float:
         """The agent's noise-free action for one observation."""
         raise NotImplementedError(f"agent {self.name!r} has no observation-dependent policy")
-
-    def exploit_actions(self) -> list[float] | None:
-        """A fixed policy (actions per unit) worth replaying, or None.
-
-        Learning agents return None: their policy depends on the observations,
-        so play it with ``run(k, on_episode, explore=False)`` instead.
-        """
-        return None
 
     # -- persistence -------------------------------------------------------------------
 
@@ -109,15 +117,15 @@ class Agent(ABC):
             "episodes_done": self.episodes_done,
             "state": self._state(path),
         }
-        (path / STATE_FILE).write_text(json.dumps(record, indent=1))
+        atomic_write_text(path / STATE_FILE, json.dumps(record, indent=1))
 
     @classmethod
-    def load(cls, path: Path, env: gym.Env) -> Agent:
-        """Resume an agent saved with :meth:`save`, on the environment ``env``."""
+    def load(cls, path: Path, envs: PruningVecEnv) -> Agent:
+        """Resume an agent saved with :meth:`save`, on the environments ``envs``."""
         record = _read_record(Path(path))
         if record["agent"] != cls.name:
-            raise AdcError(f"{path} holds a {record['agent']!r} agent, not {cls.name!r}; use agents.load_agent")
-        agent = cls(env, episodes=record["episodes"], seed=record["seed"], **record["options"])
+            raise AdcError(f"{path} holds a {record['agent']!r} agent, not {cls.name!r}; use adc.agents.load_agent")
+        agent = cls(envs, episodes=record["episodes"], seed=record["seed"], **record["options"])
         agent.episodes_done = int(record["episodes_done"])
         agent._restore(record["state"], Path(path))
         return agent
@@ -129,19 +137,33 @@ class Agent(ABC):
     def _restore(self, state: dict[str, Any], path: Path) -> None:
         """Inverse of :meth:`_state`."""
 
-    # -- helpers for agents that play fixed action lists -------------------------------
+    # -- helpers for agents that play whole policies -------------------------------------
 
-    def _play(self, choose: Callable[[int], float]) -> dict[str, Any]:
-        """Play one episode with ``choose(unit_index)`` as the action; return the final info."""
-        self.env.reset(seed=self.seed if self.episodes_done == 0 else None)
-        for unit in range(self.num_units):
-            _, _, terminated, truncated, info = self.env.step(np.array([choose(unit)], dtype=np.float32))
-            if terminated or truncated:
+    def _play_rounds(self, episodes: int, propose: Callable[[int], list[float]], on_episode: OnEpisode,
+                     label: Callable[[int], dict[str, Any]], on_round: OnRound | None = None) -> int:
+        """Play ``episodes`` episodes in rounds of up to ``num_envs``; return how many were played.
+
+        ``propose(k)`` gives the actions of the ``k``-th episode of this call
+        (proposals of one round are drawn in order before it is played);
+        ``label(k)`` its ``info["agent"]`` entry. Stops at the end of a round
+        in which ``on_episode`` or ``on_round`` returned False.
+        """
+        played = 0
+        while played < episodes:
+            size = min(self.num_envs, episodes - played)
+            proposals = [propose(played + j) for j in range(size)]
+            infos = self.envs.play(proposals)
+            keep_going = True
+            for j, info in enumerate(infos):
+                self.episodes_done += 1
+                info[contract.AGENT] = {**label(played + j), **info.get(contract.AGENT, {})}
+                keep_going = on_episode(info) and keep_going
+            played += size
+            if on_round is not None:
+                keep_going = on_round() and keep_going
+            if not keep_going:
                 break
-        if not terminated:
-            raise RuntimeError(f"the environment did not terminate after {self.num_units} steps (num_units)")
-        self.episodes_done += 1
-        return dict(info)
+        return played
 
 
 def register_agent(name: str) -> Callable[[type[Agent]], type[Agent]]:
@@ -155,14 +177,14 @@ def register_agent(name: str) -> Callable[[type[Agent]], type[Agent]]:
     return add
 
 
-def make_agent(name: str, env: gym.Env, *, episodes: int, seed: int = 0, **options: Any) -> Agent:
+def make_agent(name: str, envs: PruningVecEnv, *, episodes: int, seed: int = 0, **options: Any) -> Agent:
     """Build the agent registered as ``name`` (``AGENTS.names()`` lists them)."""
-    return AGENTS.get(name)(env, episodes=episodes, seed=seed, **options)
+    return AGENTS.get(name)(envs, episodes=episodes, seed=seed, **options)
 
 
-def load_agent(path: Path, env: gym.Env) -> Agent:
+def load_agent(path: Path, envs: PruningVecEnv) -> Agent:
     """Resume whichever agent was saved in the folder ``path``."""
-    return AGENTS.get(_read_record(Path(path))["agent"]).load(path, env)
+    return AGENTS.get(_read_record(Path(path))["agent"]).load(path, envs)
 
 
 def parse_options(agent: str, options_class: type, options: dict[str, Any]) -> Any:
@@ -212,8 +234,3 @@ def _read_record(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise AdcError(f"no saved agent in {path}: {STATE_FILE} is missing; pass the folder given to Agent.save")
     return json.loads(file.read_text())
-
-
-def fixed_actions(actions: Sequence[float]) -> Callable[[int], float]:
-    """A ``choose`` for :meth:`Agent._play` that plays a fixed action list."""
-    return lambda unit: float(actions[unit])

@@ -14,30 +14,26 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-import gymnasium as gym
 import numpy as np
 
-from agents.base import Agent, OnEpisode, fixed_actions, register_agent
+from adc.agents.base import Agent, OnEpisode, OnRound, register_agent
+from adc.envs.vec_env import PruningVecEnv
 
 
 @register_agent("uniform")
 class UniformAgent(Agent):
-    """Plays ``env.unwrapped.uniform_actions()``: the same sparsity for every unit.
+    """Plays the task's ``uniform_actions()``: the same sparsity for every unit.
 
     The environment is deterministic for a fixed policy, so a second episode
     would repeat the first: ``run`` plays one episode in all and then returns
     at once, whatever ``episodes`` asks (``on_episode`` is called once per search).
     """
 
-    def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True) -> None:
+    def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True, on_round: OnRound | None = None) -> None:
         if episodes < 1 or self.episodes_done >= 1:
             return
-        info = self._play(fixed_actions(self.env.unwrapped.uniform_actions()))
-        info["agent"] = {"phase": "uniform"}
-        on_episode(info)
-
-    def exploit_actions(self) -> list[float] | None:
-        return list(self.env.unwrapped.uniform_actions())
+        actions = self.envs.uniform_actions()
+        self._play_rounds(1, lambda k: actions, on_episode, lambda k: {"phase": "uniform"}, on_round)
 
 
 @register_agent("random")
@@ -47,16 +43,14 @@ class RandomAgent(Agent):
     ``explore=False`` changes nothing: random search has no learned policy.
     """
 
-    def __init__(self, env: gym.Env, *, episodes: int, seed: int = 0, **options: Any) -> None:
-        super().__init__(env, episodes=episodes, seed=seed, **options)
+    def __init__(self, envs: PruningVecEnv, *, episodes: int, seed: int = 0, **options: Any) -> None:
+        super().__init__(envs, episodes=episodes, seed=seed, **options)
         self.rng = np.random.default_rng(self.seed)
 
-    def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True) -> None:
-        for _ in range(episodes):
-            info = self._play(lambda unit: float(self.rng.uniform(0.0, 1.0)))
-            info["agent"] = {"phase": "explore"}
-            if not on_episode(info):
-                return
+    def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True, on_round: OnRound | None = None) -> None:
+        # One draw per unit, in order: the same policies whatever the number of workers.
+        propose = lambda k: [float(self.rng.uniform(0.0, 1.0)) for _ in range(self.num_units)]  # noqa: E731
+        self._play_rounds(episodes, propose, on_episode, lambda k: {"phase": "explore"}, on_round)
 
     def _state(self, path: Path) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
@@ -83,8 +77,9 @@ class SensitivityAgent(Agent):
     """Sensitivity analysis, then a greedy budget allocation, played once.
 
     1. Probe: ``evaluate_actions`` with one unit pruned at each action of
-       ``grid`` and every other unit unpruned, plus the unpruned network;
-       a unit's drop curve is the loss of reward, linear between probes.
+       ``grid`` and every other unit unpruned, plus the unpruned network (all
+       probes in one batch, scored in parallel with workers); a unit's drop
+       curve is the loss of reward, linear between probes.
     2. Allocate: starting from nothing pruned, repeatedly raise by ``step`` the
        action of the unit whose drop grows least per unit of cost saved
        (``unit_costs()``), until ``budget_fits``.
@@ -100,8 +95,8 @@ class SensitivityAgent(Agent):
 
     Options: ClassVar[type] = SensitivityOptions
 
-    def __init__(self, env: gym.Env, *, episodes: int, seed: int = 0, **options: Any) -> None:
-        super().__init__(env, episodes=episodes, seed=seed, **options)
+    def __init__(self, envs: PruningVecEnv, *, episodes: int, seed: int = 0, **options: Any) -> None:
+        super().__init__(envs, episodes=episodes, seed=seed, **options)
         self.allocation: list[float] | None = None
         self.evaluations = 0
 
@@ -115,24 +110,26 @@ class SensitivityAgent(Agent):
         """Probe the units and allocate the budget; the result is cached."""
         if self.allocation is not None:
             return self.allocation
-        env = self.env.unwrapped
+        envs = self.envs
         n = self.num_units
         grid = self.probe_grid()
-        unpruned = env.evaluate_actions([0.0] * n)
-        drops = np.zeros((n, len(grid)))
+        probes = [[0.0] * n]
         for unit in range(n):
-            for j, action in enumerate(grid):
+            for action in grid:
                 actions = [0.0] * n
                 actions[unit] = action
-                drops[unit, j] = unpruned - env.evaluate_actions(actions)
-        self.evaluations = 1 + n * len(grid)
+                probes.append(actions)
+        rewards = envs.evaluate_actions(probes)
+        unpruned = rewards[0]
+        drops = (unpruned - np.asarray(rewards[1:], dtype=np.float64)).reshape(n, len(grid))
+        self.evaluations = len(probes)
         # Pruning more never helps in expectation: make each curve non-decreasing.
         drops = np.maximum.accumulate(np.maximum(drops, 0.0), axis=1)
         xs = np.concatenate([[0.0], grid])
         curves = [np.concatenate([[0.0], d]) for d in drops]
-        costs = np.asarray(env.unit_costs(), dtype=np.float64)
+        costs = np.asarray(envs.unit_costs(), dtype=np.float64)
         actions = np.zeros(n)
-        while not env.budget_fits(actions.tolist()) and (actions < 1.0).any():
+        while not envs.budget_fits(actions.tolist()) and (actions < 1.0).any():
             raised = np.minimum(actions + self.options.step, 1.0)
             saved = costs * (raised - actions)
             loss = np.array([np.interp(raised[i], xs, curves[i]) - np.interp(actions[i], xs, curves[i]) for i in range(n)])
@@ -142,15 +139,12 @@ class SensitivityAgent(Agent):
         self.allocation = actions.tolist()
         return self.allocation
 
-    def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True) -> None:
+    def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True, on_round: OnRound | None = None) -> None:
         if episodes < 1 or self.episodes_done >= 1:
             return
-        info = self._play(fixed_actions(self.allocate()))
-        info["agent"] = {"phase": "allocation", "evaluations": self.evaluations + 1}
-        on_episode(info)
-
-    def exploit_actions(self) -> list[float] | None:
-        return list(self.allocation) if self.allocation is not None else None
+        allocation = self.allocate()
+        self._play_rounds(1, lambda k: allocation, on_episode,
+                          lambda k: {"phase": "allocation", "evaluations": self.evaluations + 1}, on_round)
 
     def _state(self, path: Path) -> dict[str, Any]:
         return {"allocation": self.allocation, "evaluations": self.evaluations}

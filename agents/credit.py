@@ -10,6 +10,7 @@ A prototype of this recipe collapsed (mean episode accuracy 33%) without it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
@@ -39,8 +40,8 @@ class MovingAverageBaseline:
         return advantage
 
 
-def assign_episode_reward(buffer: ReplayBuffer, steps: int, value: float) -> np.ndarray:
-    """Give ``value`` to the last ``steps`` transitions in ``buffer`` and mark each terminal.
+def assign_episode_reward(buffer: ReplayBuffer, steps: int, value: float | Sequence[float]) -> np.ndarray:
+    """Give each environment's episode value to its last ``steps`` transitions in ``buffer``; mark each terminal.
 
     Marking every transition terminal makes each critic target the episode's
     (baseline-subtracted) final reward itself: a Monte Carlo return with
@@ -50,12 +51,18 @@ def assign_episode_reward(buffer: ReplayBuffer, steps: int, value: float) -> np.
     ``(T - t)`` times the advantage: a scale that grows towards the first units
     and a bootstrapping error on top, for no extra information.
 
+    Args:
+        buffer: SB3's replay buffer (one column per environment).
+        steps: Transitions per episode (the number of units).
+        value: The advantage of each environment's episode (one number for every column, or one per column).
+
     Returns:
-        The buffer indices rewritten, oldest first.
+        The buffer positions rewritten, oldest first.
     """
     if steps > buffer.buffer_size:
         raise ValueError(f"an episode of {steps} steps does not fit a replay buffer of {buffer.buffer_size}")
     indices = (buffer.pos - steps + np.arange(steps)) % buffer.buffer_size
-    buffer.rewards[indices] = value
+    values = np.broadcast_to(np.asarray(value, dtype=np.float32), (buffer.n_envs,))
+    buffer.rewards[indices] = values[None, :]
     buffer.dones[indices] = 1.0
     return indices

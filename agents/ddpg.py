@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from stable_baselines3 import DDPG
 
-from agents.base import register_agent
-from agents.offpolicy import AmcAlgorithmMixin, NoisyOffPolicyAgent
+from adc.agents.base import register_agent
+from adc.agents.offpolicy import AmcAlgorithmMixin, NoisyOffPolicyAgent
 
 
 class AmcDDPG(AmcAlgorithmMixin, DDPG):

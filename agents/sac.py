@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 
 from stable_baselines3 import SAC
 
-from adc.errors import AdcError
-from agents.base import register_agent
-from agents.offpolicy import AmcAlgorithmMixin, OffPolicyAgent, OffPolicyOptions
+from adc.utils.errors import AdcError
+from adc.agents.base import register_agent
+from adc.agents.offpolicy import AmcAlgorithmMixin, OffPolicyAgent, OffPolicyOptions
 
 
 class AmcSAC(AmcAlgorithmMixin, SAC):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from stable_baselines3 import TD3
 
-from agents.base import register_agent
-from agents.offpolicy import AmcAlgorithmMixin, NoisyOffPolicyAgent
+from adc.agents.base import register_agent
+from adc.agents.offpolicy import AmcAlgorithmMixin, NoisyOffPolicyAgent
 
 
 class AmcTD3(AmcAlgorithmMixin, TD3):

@@ -20,9 +20,9 @@ import torch
 
 
 def main(argv: list[str]) -> None:
-    from adc.data import example_input, load_data
-    from adc.search import search
-    from adc.training import evaluate
+    from adc.inputs.data import example_input, load_data
+    from adc.engine.loop import search
+    from adc.inputs.training import evaluate
     from benchmarks.run import DATA, load_reference
 
     torch.set_num_threads(1)

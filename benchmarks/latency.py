@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adc.export import export
+from adc.pruning.export import export
 
 BATCHES = (1, 64)
 

@@ -28,10 +28,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adc.graph import analyze  # noqa: E402
-from adc.latency import build_latency_table, make_timer  # noqa: E402
-from adc.models import build_model  # noqa: E402
-from adc.pruning import ChannelPruner  # noqa: E402
+from adc.analysis.graph import analyze  # noqa: E402
+from adc.analysis.latency import build_latency_table  # noqa: E402
+from adc.analysis.space import PolicySpace  # noqa: E402
+from adc.analysis.timers import make_timer  # noqa: E402
+from adc.envs.task import ModelTask  # noqa: E402
+from adc.utils.errors import AdcError  # noqa: E402
+from adc.inputs.models import build_model  # noqa: E402
+from adc.pruning.pruner import ChannelPruner  # noqa: E402
 
 DEFAULT_MODELS = {
     "zoo:plain20": (3, 32, 32), "zoo:resnet20": (3, 32, 32), "zoo:mobilenet": (3, 32, 32), "zoo:vgg_small": (3, 32, 32),
@@ -47,10 +51,11 @@ def check_model(spec: str, shape: tuple[int, ...], args: argparse.Namespace) -> 
     timer = make_timer(args.runtime, "cpu", args.threads, warmup=3, repeats=args.repeats, min_sample=0.005,
                        statistic=args.statistic)
     t0 = time.perf_counter()
-    table = build_latency_table(model, x, graph=graph, timer=timer, cache_dir=args.cache_dir, round_to=args.round_to,
+    pruner = ChannelPruner(model, x, round_to=args.round_to, graph=graph)
+    space = PolicySpace(graph, round_to=args.round_to)
+    table = build_latency_table(model, x, space, prune_to=pruner.prune_kept, timer=timer, cache_dir=args.cache_dir,
                                 points=args.points)
     build_s = time.perf_counter() - t0
-    pruner = ChannelPruner(model, x, round_to=args.round_to)
     rng = np.random.default_rng(args.seed)
     rows = []
     for p in range(args.policies):
@@ -70,21 +75,17 @@ def check_model(spec: str, shape: tuple[int, ...], args: argparse.Namespace) -> 
 
 def budget_comparison(model, x, table, timer, pruner, target: float) -> dict:
     """Uniform policy under flops=T vs latency=T (the environment's clipping), measured."""
-    from envs.pruning_env import PruningEnv
-
-    from adc.errors import AdcError
-
     out = {}
     for key in ("flops", "latency"):
         try:
-            env = PruningEnv(model, x, evaluate=lambda m: {"top1": 0.0}, budgets=[f"{key}={target}"],
-                             latency_table=table, pruner=pruner)
+            task = ModelTask.build(model, x, score=lambda m: 0.0, budgets=[f"{key}={target}"], latency_table=table,
+                                   pruner=pruner)
         except AdcError as exc:  # e.g. a latency target the table says is unreachable
             out[key] = {"error": str(exc)}
             continue
-        kept, _ = env.play_actions(env.uniform_actions())
-        policy = {u.name: float(1 - k / u.channels) for u, k in zip(env.units, kept)}
-        record = env._record(kept, {"top1": 0.0})
+        kept, _ = task.play_actions(task.uniform_actions())
+        policy = task.space.policy_of(kept)
+        record = task.recorder.record(kept, {"top1": 0.0})
         out[key] = {"measured": timer.time(pruner.prune(policy).eval(), x), "flops_ratio": record["flops_ratio"],
                     "predicted_latency_ratio": record["latency_ratio"]}
     return out

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from adc.serialization import atomic_write, atomic_write_text
+from adc.utils.files import atomic_write, atomic_write_text
 
 CSV_COLUMNS = [
     "model", "budget_flops", "strategy", "seed", "reconstruction", "bn_recalibration", "criterion",

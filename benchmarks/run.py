@@ -122,7 +122,7 @@ def plan(settings: Settings) -> list[Row]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    from adc.serialization import atomic_write_text
+    from adc.utils.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(value, indent=1))
 
@@ -132,8 +132,8 @@ def load_reference(name: str, splits: Any, *, epochs: int = 8, progress: Any = N
 
     Trained on first use and cached by :func:`adc.pretrained.ensure_trained` (outside git).
     """
-    from adc.models import build_model, load_checkpoint
-    from adc.pretrained import ensure_trained
+    from adc.inputs.models import build_model, load_checkpoint
+    from adc.inputs.pretrained import ensure_trained
 
     path = ensure_trained(f"zoo:{name}", DATA, epochs=epochs, seed=0, progress=progress)
     model = build_model(f"zoo:{name}", num_classes=splits.num_classes, in_channels=splits.in_channels)
@@ -144,7 +144,7 @@ class Bench:
     """Loads the data and the reference models once, runs rows, caches them."""
 
     def __init__(self, settings: Settings, cache: Path, log: Any = print) -> None:
-        from adc.data import example_input, load_data
+        from adc.inputs.data import example_input, load_data
 
         self.settings = settings
         self.cache = cache
@@ -157,9 +157,9 @@ class Bench:
         """The trained unpruned model and its record (training recipe, accuracies, costs); cached."""
         if name in self._models:
             return self._models[name]
-        from adc.cost import count
-        from adc.pretrained import _TRAIN_SETTINGS
-        from adc.training import evaluate
+        from adc.analysis.cost import count
+        from adc.inputs.pretrained import _TRAIN_SETTINGS
+        from adc.inputs.training import evaluate
 
         started = time.perf_counter()
 
@@ -190,11 +190,11 @@ class Bench:
         return model, record
 
     def run_row(self, row: Row) -> dict[str, Any]:
-        from adc.cost import count
-        from adc.finetune import finetune
-        from adc.search import search
-        from adc.training import evaluate
-        from agents.baselines import SensitivityOptions
+        from adc.analysis.cost import count
+        from adc.inputs.finetune import finetune, kept_epoch
+        from adc.engine.loop import search
+        from adc.inputs.training import evaluate
+        from adc.agents.baselines import SensitivityOptions
         from benchmarks import latency
 
         s = self.settings
@@ -216,7 +216,7 @@ class Bench:
         lat = latency.measure(model, tuned, self.x)
 
         history = result.history
-        units = result._pruner.graph.units
+        units = result.graph.units
         if row.strategy == "sensitivity":
             grid = len(SensitivityOptions().grid)
             evaluations = 2 + len(units) * min(grid, max(1, (s.episodes - 2) // len(units)))
@@ -234,7 +234,7 @@ class Bench:
             "top_reward_episode": max(history, key=lambda h: h["reward"])["episode"],
             "selection": result.selection,
             "test_top1_unpruned": ref["test_top1"], "test_top1_pruned": test_pruned,
-            "test_top1_finetuned": ft_records[-1]["test_top1"], "finetune_epochs": s.finetune_epochs,
+            "test_top1_finetuned": kept_epoch(ft_records)["test_top1"], "finetune_epochs": s.finetune_epochs,
             "finetune_s": finetune_seconds,
             "macs": costs.macs, "params": costs.params,
             "macs_fraction": costs.macs / ref["macs"], "params_fraction": costs.params / ref["params"],
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     print(f"benchmark {args.mode}: {len(plan(settings))} rows, cache {cache}, torch threads {torch.get_num_threads()}", flush=True)
 
-    from adc.errors import AdcError
+    from adc.utils.errors import AdcError
 
     started = time.perf_counter()
     try:

@@ -25,9 +25,9 @@ import pytest
 import torch
 from torch import nn
 
-from adc.data import DataSplits, load_data
-from adc.models import build_model, load_checkpoint
-from adc.pretrained import DEFAULT_DATA, DEFAULT_EPOCHS, DEFAULT_MODEL, cache_path, ensure_trained
+from adc.inputs.data import DataSplits, load_data
+from adc.inputs.models import build_model, load_checkpoint
+from adc.inputs.pretrained import DEFAULT_DATA, DEFAULT_EPOCHS, DEFAULT_MODEL, cache_path, ensure_trained
 
 TEST_EPOCHS = 8
 

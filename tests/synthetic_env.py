@@ -1,7 +1,8 @@
-"""A fast synthetic pruning environment that obeys the ``PruningEnv`` contract.
+"""A fast synthetic pruning environment that obeys the contract of :mod:`adc.envs.contract`.
 
 Used by the agent tests (and reusable by any test that needs an environment
-without a network): microseconds per step, known optimum.
+without a network): microseconds per step, known optimum. It is its own
+:class:`~adc.envs.contract.PruningTask` (``env.task is env``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class SyntheticPruningEnv(gym.Env):
     ## Rewards
 
     0 on every step but the last; the last step returns the policy's reward,
-    also in ``info["episode_reward"]``.
+    also in ``info["reward"]``.
 
     ## Starting State
 
@@ -102,7 +103,11 @@ class SyntheticPruningEnv(gym.Env):
         self._unit = 0
         self._actions: list[float] = []
 
-    # -- the contract's extra methods ------------------------------------------------
+    # -- the PruningTask questions -----------------------------------------------------
+
+    @property
+    def task(self) -> SyntheticPruningEnv:
+        return self
 
     def unit_costs(self) -> list[float]:
         return self.costs.tolist()
@@ -114,7 +119,10 @@ class SyntheticPruningEnv(gym.Env):
     def budget_fits(self, actions: Sequence[float]) -> bool:
         return self._cost(actions) <= self.budget + 1e-9
 
-    def evaluate_actions(self, actions: Sequence[float]) -> float:
+    def evaluate_actions(self, batch: Sequence[Sequence[float]]) -> list[float]:
+        return [self.reward_of(actions) for actions in batch]
+
+    def reward_of(self, actions: Sequence[float]) -> float:
         self.evaluations += 1
         s = np.clip(np.asarray(actions, dtype=np.float64), 0, 1) * MAX_SPARSITY
         return float(1 - np.sum(self.sensitivities * s**2))
@@ -146,9 +154,9 @@ class SyntheticPruningEnv(gym.Env):
         info: dict[str, Any] = {"applied_action": applied, "proposed_action": proposed}
         if self._unit < self.num_units:
             return self._obs(), 0.0, False, False, info
-        reward = self.evaluate_actions(self._actions)
+        reward = self.reward_of(self._actions)
         info.update(
-            episode_reward=reward,
+            reward=reward,
             actions=list(self._actions),
             cost=self._cost(self._actions),
             budget=self.budget,

@@ -9,9 +9,10 @@ import pytest
 import torch as th
 from gymnasium.utils.env_checker import check_env
 
-from adc.errors import AdcError
-from agents import AGENTS, OffPolicyAgent, load_agent, make_agent
-from agents.noise import NoiseSchedule, truncated_normal
+from adc.agents import AGENTS, OffPolicyAgent, load_agent, make_agent
+from adc.agents.noise import NoiseSchedule, truncated_normal
+from adc.envs.vec_env import PruningVecEnv
+from adc.utils.errors import AdcError
 from synthetic_env import SyntheticPruningEnv
 
 RL_AGENTS = ["ddpg", "sac", "td3"]
@@ -23,6 +24,15 @@ HARD_SENSITIVITIES = [0.02, 2.0, 0.1, 1.0, 0.05, 0.5]
 
 def small_options(name: str) -> dict:
     return dict(SMALL) if name in RL_AGENTS else {}
+
+
+def vec(env: SyntheticPruningEnv) -> PruningVecEnv:
+    """The one-environment vector env agents act on."""
+    return PruningVecEnv([lambda: env])
+
+
+def agent_on(name: str, env: SyntheticPruningEnv, **kwargs):
+    return make_agent(name, vec(env), **kwargs)
 
 
 def play(agent, episodes: int, *, explore: bool = True) -> list[dict]:
@@ -51,11 +61,11 @@ def test_synthetic_env_clips_every_policy_onto_the_budget(env):
         env.reset()
         for _ in range(env.num_units):
             _, reward, terminated, _, info = env.step(np.array([rng.uniform()], dtype=np.float32))
-        assert terminated and info["episode_reward"] == reward
+        assert terminated and info["reward"] == reward
         assert info["cost"] == pytest.approx(env.budget)
         assert env.budget_fits(info["actions"])
     assert env.budget_fits(env.uniform_actions())
-    assert env.evaluate_actions(env.uniform_actions()) < env.optimum()
+    assert env.evaluate_actions([env.uniform_actions()])[0] < env.optimum()
 
 
 # -- the interface, for every agent -------------------------------------------------------
@@ -67,27 +77,27 @@ def test_registry_holds_every_agent():
 
 def test_unknown_agent_names_the_valid_ones(env):
     with pytest.raises(AdcError, match="valid: ddpg, random"):
-        make_agent("ppo", env, episodes=4)
+        agent_on("ppo", env, episodes=4)
 
 
 @pytest.mark.parametrize("name", AGENTS.names())
 def test_unknown_option_names_the_valid_ones(name, env):
     with pytest.raises(AdcError, match="unknown option 'bogus'.*valid"):
-        make_agent(name, env, episodes=4, bogus=1)
+        agent_on(name, env, episodes=4, bogus=1)
 
 
 def test_options_from_the_command_line_are_converted(env):
-    agent = make_agent("ddpg", env, episodes=8, warmup="2", hidden="16,16", actor_lr="1e-4")
+    agent = agent_on("ddpg", env, episodes=8, warmup="2", hidden="16,16", actor_lr="1e-4")
     assert agent.options.hidden == (16, 16) and agent.warmup == 2
     with pytest.raises(AdcError, match="warmup='many'.*int"):
-        make_agent("ddpg", env, episodes=8, warmup="many")
+        agent_on("ddpg", env, episodes=8, warmup="many")
     with pytest.raises(AdcError, match="ent_coef"):
-        make_agent("sac", env, episodes=8, ent_coef="lots")
+        agent_on("sac", env, episodes=8, ent_coef="lots")
 
 
 @pytest.mark.parametrize("name", AGENTS.names())
 def test_agent_plays_its_episodes_within_budget(name, env):
-    agent = make_agent(name, env, episodes=10, seed=0, **small_options(name))
+    agent = agent_on(name, env, episodes=10, seed=0, **small_options(name))
     infos = play(agent, 10)
     assert len(infos) == (1 if name in ONE_EPISODE else 10)
     for info in infos:
@@ -101,7 +111,7 @@ def test_agent_plays_its_episodes_within_budget(name, env):
 
 @pytest.mark.parametrize("name", ["ddpg", "random", "sac"])
 def test_on_episode_returning_false_stops_the_run(name, env):
-    agent = make_agent(name, env, episodes=10, **small_options(name))
+    agent = agent_on(name, env, episodes=10, **small_options(name))
     calls = []
     agent.run(10, lambda info: calls.append(info) or len(calls) < 3)
     assert len(calls) == 3 and agent.episodes_done == 3
@@ -111,7 +121,7 @@ def test_on_episode_returning_false_stops_the_run(name, env):
 def test_same_seed_same_actions(name):
     def actions(seed: int) -> list[list[float]]:
         env = SyntheticPruningEnv(num_units=5, budget=0.5, seed=1)
-        return [info["actions"] for info in play(make_agent(name, env, episodes=8, seed=seed, **small_options(name)), 8)]
+        return [info["actions"] for info in play(agent_on(name, env, episodes=8, seed=seed, **small_options(name)), 8)]
 
     first = actions(0)
     assert actions(0) == first
@@ -125,12 +135,12 @@ def test_save_and_load_resume_where_the_run_stopped(name, tmp_path):
         return SyntheticPruningEnv(num_units=5, budget=0.5, seed=1)
 
     options = small_options(name)
-    straight = [i["actions"] for i in play(make_agent(name, fresh_env(), episodes=8, seed=3, **options), 8)]
+    straight = [i["actions"] for i in play(agent_on(name, fresh_env(), episodes=8, seed=3, **options), 8)]
 
-    agent = make_agent(name, fresh_env(), episodes=8, seed=3, **options)
+    agent = agent_on(name, fresh_env(), episodes=8, seed=3, **options)
     first = [i["actions"] for i in play(agent, 4)]
     agent.save(tmp_path / "agent")
-    resumed = load_agent(tmp_path / "agent", fresh_env())
+    resumed = load_agent(tmp_path / "agent", vec(fresh_env()))
     assert type(resumed) is type(agent)
     assert resumed.episodes_done == agent.episodes_done
     if isinstance(agent, OffPolicyAgent):
@@ -142,7 +152,7 @@ def test_save_and_load_resume_where_the_run_stopped(name, tmp_path):
 
 def test_loading_a_folder_without_an_agent_says_so(tmp_path, env):
     with pytest.raises(AdcError, match="agent.json is missing"):
-        load_agent(tmp_path, env)
+        load_agent(tmp_path, vec(env))
 
 
 # -- the AMC parts of the RL agents -------------------------------------------------------
@@ -150,7 +160,7 @@ def test_loading_a_folder_without_an_agent_says_so(tmp_path, env):
 
 @pytest.mark.parametrize("name", RL_AGENTS)
 def test_replay_buffer_holds_the_applied_action(name, env):
-    agent = make_agent(name, env, episodes=6, **SMALL)
+    agent = agent_on(name, env, episodes=6, **SMALL)
     infos = play(agent, 6)
     buffer = agent.algo.replay_buffer
     stored = (buffer.actions[: buffer.size(), 0, 0] + 1) / 2  # SB3 stores actions scaled to [-1, 1]
@@ -162,14 +172,14 @@ def test_replay_buffer_holds_the_applied_action(name, env):
 
 @pytest.mark.parametrize("name", RL_AGENTS)
 def test_every_transition_carries_final_reward_minus_baseline(name, env):
-    agent = make_agent(name, env, episodes=8, baseline_decay=0.9, **SMALL)
+    agent = agent_on(name, env, episodes=8, baseline_decay=0.9, **SMALL)
     buffer = agent.algo.replay_buffer
     units = env.num_units
     baseline: list[float] = []
     seen: list[int] = []
 
     def check(info: dict) -> bool:
-        reward = info["episode_reward"]
+        reward = info["reward"]
         before = baseline[-1] if baseline else reward
         baseline.append(0.9 * before + 0.1 * reward)
         episode = slice(buffer.pos - units, buffer.pos)
@@ -185,7 +195,7 @@ def test_every_transition_carries_final_reward_minus_baseline(name, env):
 
 @pytest.mark.parametrize("name", RL_AGENTS)
 def test_actor_and_critic_keep_their_own_learning_rates(name, env):
-    agent = make_agent(name, env, episodes=6, **SMALL)
+    agent = agent_on(name, env, episodes=6, **SMALL)
     play(agent, 6)
     algo = agent.algo
     assert algo._n_updates > 0
@@ -194,7 +204,7 @@ def test_actor_and_critic_keep_their_own_learning_rates(name, env):
 
 
 def test_ddpg_is_configured_as_amc(env):
-    agent = make_agent("ddpg", env, episodes=400)
+    agent = agent_on("ddpg", env, episodes=400)
     algo = agent.algo
     assert agent.warmup == 100 and algo.learning_starts == 100 * env.num_units
     assert (algo.tau, algo.batch_size, algo.gamma, algo.gradient_steps) == (0.01, 64, 1.0, -1)
@@ -203,22 +213,22 @@ def test_ddpg_is_configured_as_amc(env):
     assert len(algo.critic.q_networks) == 1
     assert agent.noise.sigma(0) == pytest.approx(0.5)
     assert agent.noise.sigma(299) == pytest.approx(0.05)
-    assert make_agent("ddpg", env, episodes=40).warmup == 10
+    assert agent_on("ddpg", env, episodes=40).warmup == 10
 
 
 @pytest.mark.parametrize("name", RL_AGENTS)
 def test_first_warmup_episode_plays_the_uniform_policy(name, env):
-    first, second = play(make_agent(name, env, episodes=6, **SMALL), 2)
+    first, second = play(agent_on(name, env, episodes=6, **SMALL), 2)
     assert first["agent"]["phase"] == "uniform" and second["agent"]["phase"] == "warmup"
     np.testing.assert_allclose(first["actions"], env.uniform_actions(), atol=1e-6)
     assert not np.allclose(second["actions"], env.uniform_actions(), atol=1e-3)
-    off = play(make_agent(name, env, episodes=6, start_uniform=False, **SMALL), 1)[0]
+    off = play(agent_on(name, env, episodes=6, start_uniform=False, **SMALL), 1)[0]
     assert off["agent"]["phase"] == "warmup"
     assert not np.allclose(off["actions"], env.uniform_actions(), atol=1e-3)
 
 
 def test_exploitation_episodes_play_the_actor_without_noise(env):
-    agent = make_agent("ddpg", env, episodes=6, **SMALL)
+    agent = agent_on("ddpg", env, episodes=6, **SMALL)
     play(agent, 6)
     agent.algo.learning_starts = 10**9  # freeze learning to compare two noise-free episodes
     first, second = play(agent, 2, explore=False)
@@ -243,8 +253,8 @@ def test_truncated_normal_noise_stays_in_bounds_and_decays():
 
 def test_sensitivity_allocation_is_near_optimal_on_a_separable_reward():
     env = SyntheticPruningEnv(num_units=6, budget=0.5, sensitivities=HARD_SENSITIVITIES)
-    (info,) = play(make_agent("sensitivity", env, episodes=50), 50)
-    assert info["episode_reward"] > 0.95 * env.optimum()
+    (info,) = play(agent_on("sensitivity", env, episodes=50), 50)
+    assert info["reward"] > 0.95 * env.optimum()
 
 
 def test_ddpg_beats_random_search_and_uniform_with_the_same_episodes():
@@ -252,10 +262,10 @@ def test_ddpg_beats_random_search_and_uniform_with_the_same_episodes():
 
     def best(name: str, seed: int) -> float:
         env = SyntheticPruningEnv(num_units=6, budget=0.5, sensitivities=HARD_SENSITIVITIES)
-        agent = make_agent(name, env, episodes=episodes, seed=seed)
-        rewards = [i["episode_reward"] for i in play(agent, episodes)]
+        agent = agent_on(name, env, episodes=episodes, seed=seed)
+        rewards = [i["reward"] for i in play(agent, episodes)]
         if agent.can_exploit:  # the search cashes in the learned policy with a few noise-free episodes
-            rewards += [i["episode_reward"] for i in play(agent, 3, explore=False)]
+            rewards += [i["reward"] for i in play(agent, 3, explore=False)]
         return max(rewards)
 
     ddpg = best("ddpg", 0)

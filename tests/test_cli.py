@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tomllib
@@ -22,12 +23,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import adc.pipeline
+import adc.run.pipeline
+from adc.analysis.cost import count
 from adc.cli import app, main
-from adc.cost import count
-from adc.models import build_model
-from adc.serialization import load
-from adc.search import CHECKPOINT_DIR, HISTORY_FILE
+from adc.engine.loop import Search
+from adc.inputs.models import build_model
+from adc.pruning.serialization import load
+from adc.run.folder import RunFolder
 
 OUTPUTS = ("model.pt", "policy.json", "history.csv", "report.md", "policy.png", "reward.png", "config.toml")
 ADC = Path(sys.executable).with_name("adc")
@@ -43,7 +45,7 @@ def invoke(*args: str):
 def no_speedup(monkeypatch):
     """Skip the measured-latency line of report.md (seconds of timing per run) in the secondary runs;
     the end-to-end run (``finished_run``) measures it for real."""
-    monkeypatch.setattr(adc.pipeline, "_speedup", lambda *a, **k: {"error": "not measured in this test"})
+    monkeypatch.setattr(adc.run.pipeline, "measure_speedups", lambda *a, **k: [{"error": "not measured in this test"}])
 
 
 def history_rows(run: Path) -> list[dict[str, str]]:
@@ -63,7 +65,7 @@ def finished_run(tmp_path_factory, trained_checkpoint) -> Path:
     result = invoke("search", "--data", "digits", "--budget", "flops=0.5", "--episodes", "6", "--warmup", "2",
                     "--agent-option", "hidden=32,32", "--bn-calibration", "256", "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert "Best policy" in result.output
+    assert "Chosen policy" in result.output
     return out
 
 
@@ -83,8 +85,8 @@ def test_search_writes_every_output(finished_run):
     assert "flops" in report.lower()
     assert "Measured latency" in report
     config = tomllib.loads((finished_run / "config.toml").read_text())
-    assert config["budget"] == ["flops=0.5"] and config["episodes"] == 6 and config["warmup"] == 2
-    assert config["agent_options"] == ["hidden=32,32"] and config["reconstruct"] is True
+    assert config["budget"] == ["flops=0.5"] and config["episodes"] == 6 and "out" not in config
+    assert config["agent_options"] == ["hidden=32,32", "warmup=2"] and config["reconstruct"] is True
     assert [r["phase"] for r in rows[:3]] == ["uniform", "warmup", "explore"]
     # no stray temporary files from the atomic writes
     assert not [p for p in finished_run.rglob("*.tmp")]
@@ -107,8 +109,8 @@ def test_config_reruns_the_search_with_other_flags_and_tensorboard(finished_run,
     assert [r["phase"] for r in history_rows(out)] == ["warmup", "warmup", "exploit", "refine"]
     old = tomllib.loads((finished_run / "config.toml").read_text())
     new = tomllib.loads((out / "config.toml").read_text())
-    assert new["episodes"] == 4 and new["out"] == str(out) and new["agent_options"] == ["start_uniform=false"]
-    changed = ("episodes", "out", "agent_options", "tensorboard")
+    assert new["episodes"] == 4 and new["agent_options"] == ["hidden=32,32", "warmup=2", "start_uniform=false"]
+    changed = ("episodes", "agent_options", "tensorboard")
     assert {k: v for k, v in new.items() if k not in changed} == {k: v for k, v in old.items() if k not in changed}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -119,30 +121,53 @@ def test_config_reruns_the_search_with_other_flags_and_tensorboard(finished_run,
     assert {"metrics/top1", "metrics/flops_ratio"} <= set(events.Tags()["scalars"])
 
 
-def test_interrupted_search_resumes_from_the_command_line(tmp_path, monkeypatch, trained_checkpoint, no_speedup):
+def interrupt_after(monkeypatch, episodes: int) -> None:
+    """Press Ctrl-C (a real SIGINT to this process) once the search has played ``episodes`` episodes."""
+    real = Search._on_episode
+
+    def on_episode(self, info):
+        keep_going = real(self, info)
+        if len(self.history) == episodes:
+            os.kill(os.getpid(), signal.SIGINT)
+        return keep_going
+
+    monkeypatch.setattr(Search, "_on_episode", on_episode)
+
+
+def test_ctrl_c_stops_the_search_and_resume_gives_the_uninterrupted_search(tmp_path, monkeypatch, trained_checkpoint,
+                                                                          no_speedup):
+    flags = ["--agent", "ddpg", "--episodes", "7", "--warmup", "2", "--agent-option", "hidden=16,16",
+             "--bn-calibration", "128", "--select-top", "0"]
+    straight = tmp_path / "straight"
+    assert invoke("search", *flags, "--out", str(straight)).exit_code == 0
     out = tmp_path / "interrupted"
-    real_search = adc.pipeline.search
-
-    def search_interrupted_after_two(*args, progress=None, **kwargs):
-        def stop(record, best):
-            progress(record, best)
-            if record["episode"] == 1:
-                raise KeyboardInterrupt
-
-        return real_search(*args, progress=stop, **kwargs)
-
-    monkeypatch.setattr(adc.pipeline, "search", search_interrupted_after_two)
-    result = invoke("search", "--agent", "random", "--episodes", "5", "--bn-calibration", "128", "--out", str(out))
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        result = invoke("search", *flags, "--out", str(out))
     assert result.exit_code == 130, result.output
-    assert "--resume" in result.output
-    assert len(json.loads((out / CHECKPOINT_DIR / HISTORY_FILE).read_text())) == 2
-    assert len(history_rows(out)) == 2 and (out / "model.pt").is_file()  # best so far written on Ctrl-C
-    monkeypatch.setattr(adc.pipeline, "search", real_search)
+    assert "--resume" in result.output and "stopping after the current round" in result.output
+    assert len(RunFolder(out).checkpoint.history()) == 3
+    assert len(history_rows(out)) == 3 and (out / "model.pt").is_file()  # best so far written on Ctrl-C
+    config_before = (out / "config.toml").read_text()
 
     result = invoke("search", "--resume", str(out))
     assert result.exit_code == 0, result.output
-    assert [int(r["episode"]) for r in history_rows(out)] == list(range(5))
-    assert tomllib.loads((out / "config.toml").read_text())["episodes"] == 5
+    assert [int(r["episode"]) for r in history_rows(out)] == list(range(7))
+    assert [r["policy"] for r in history_rows(out)] == [r["policy"] for r in history_rows(straight)]
+    assert [r["reward"] for r in history_rows(out)] == [r["reward"] for r in history_rows(straight)]
+    assert (out / "config.toml").read_text() == config_before
+
+
+def test_resume_refuses_a_changed_setting_in_one_line(tmp_path, monkeypatch, capsys, trained_checkpoint, no_speedup):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1)
+        assert invoke("search", "--agent", "random", "--episodes", "4", "--bn-calibration", "128", "--select-top", "0",
+                      "--out", str(out)).exit_code == 130
+    before = snapshot(out)
+    code, _, err = run_main(monkeypatch, capsys, "search", "--resume", str(out), "--seed", "5")
+    assert_refused(code, err, "--seed", "keeps its settings")
+    assert snapshot(out) == before
 
 
 def test_export_onnx(finished_run):
@@ -263,12 +288,12 @@ def test_out_of_a_finished_run_is_refused_and_left_untouched(finished_run, monke
 def test_resume_with_refused_settings_leaves_the_run_untouched(finished_run, monkeypatch, capsys):
     before = snapshot(finished_run)
     code, _, err = run_main(monkeypatch, capsys, "search", "--resume", str(finished_run), "--budget", "flops=0.01")
-    assert_refused(code, err, "smallest reachable")
+    assert_refused(code, err, "--budget", "keeps its settings")
     assert snapshot(finished_run) == before
 
 
 def test_out_of_an_unfinished_run_is_refused_without_resume(tmp_path, monkeypatch, capsys):
-    (tmp_path / CHECKPOINT_DIR).mkdir()
+    (tmp_path / "checkpoint").mkdir()
     (tmp_path / "config.toml").write_text("episodes = 3\n")
     before = snapshot(tmp_path)
     code, _, err = run_main(monkeypatch, capsys, "search", "--out", str(tmp_path))

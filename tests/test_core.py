@@ -21,15 +21,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from adc.cost import cost, cost_of_kept, count, kept_vector
-from adc.criteria import CRITERIA
-from adc.errors import AdcError
-from adc.export import export, onnx_outputs
-from adc.graph import ModelGraph, Unit, analyze, find_units
-from adc.models import build_model
-from adc.pruning import ChannelPruner, prune
-from adc.serialization import load, read_header, save
-from adc.zoo import ZOO
+from adc.analysis.cost import cost, cost_of_kept, count, kept_vector
+from adc.pruning.criteria import CRITERIA
+from adc.utils.errors import AdcError
+from adc.pruning.export import export, onnx_outputs
+from adc.analysis.graph import ModelGraph, Unit, analyze, find_units
+from adc.inputs.models import build_model
+from adc.pruning.pruner import ChannelPruner, prune
+from adc.pruning.serialization import load, read_header, save
+from adc.inputs.zoo import ZOO
 
 TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "vgg11_bn", "efficientnet_b0", "densenet121", "regnet_y_400mf"]
 TV_CLASSIFIER = {
@@ -397,7 +397,7 @@ def test_reconstruct_needs_calibration() -> None:
 
 _LOAD_SCRIPT = """
 import sys, torch
-from adc.serialization import load
+from adc.pruning.serialization import load
 model = load(sys.argv[1])
 x, expected = torch.load(sys.argv[2], weights_only=True)
 with torch.no_grad():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from adc.data import (
+from adc.inputs.data import (
     DATA_SOURCES,
     DataSplits,
     example_input,
@@ -19,7 +19,7 @@ from adc.data import (
     make_loader,
     read_idx,
 )
-from adc.errors import AdcError
+from adc.utils.errors import AdcError
 
 
 def _indices(ds: torch.utils.data.Subset) -> set[int]:

@@ -19,17 +19,24 @@ from gymnasium.utils.env_checker import check_env
 from torch import nn
 
 import envs  # noqa: F401  (registers adc/Prune-v0)
-from adc.budgets import BUDGET_METRICS, BudgetSpec, parse_budget
-from adc.errors import AdcError
-from adc.models import build_model
-from adc.pruning import ChannelPruner
-from adc.rewards import REWARDS, check_reward, get_reward
-from adc.training import evaluate, recalibrate_bn
-from envs.pruning_env import OBSERVATION_FEATURES, PruningEnv
+from adc.objective.budgets import BUDGET_METRICS, BudgetSpec, parse_budget
+from adc.utils.errors import AdcError
+from adc.inputs.models import build_model
+from adc.pruning.pruner import ChannelPruner
+from adc.objective.rewards import REWARDS, check_reward, get_reward
+from adc.inputs.training import evaluate, recalibrate_bn
+from adc.envs.pruning_env import OBSERVATION_FEATURES, PruningEnv
+from adc.envs.task import ModelTask
+from adc.objective.budgets import BUDGET_METRICS, BudgetSpec, parse_budget
 
 
 def stub_evaluate(model: nn.Module) -> dict[str, float]:
     return {"top1": 0.5, "top5": 0.9, "loss": 1.0}
+
+
+def make_env(model: nn.Module, x: torch.Tensor, *, evaluate=stub_evaluate, budgets=("flops=0.5",), **kwargs) -> PruningEnv:
+    """An environment on a freshly built task (the expensive part: trace, rank, score the unpruned model)."""
+    return PruningEnv(ModelTask.build(model, x, score=evaluate, budgets=list(budgets), **kwargs))
 
 
 def small_model(spec: str = "zoo:vgg_small", in_channels: int = 1) -> nn.Module:
@@ -41,8 +48,8 @@ def small_model(spec: str = "zoo:vgg_small", in_channels: int = 1) -> nn.Module:
 
 
 def test_check_env_passes_with_warnings_as_errors():
-    env = gymnasium.make("adc/Prune-v0", model=small_model(), example_input=torch.zeros(1, 1, 8, 8),
-                         evaluate=stub_evaluate, budgets=["flops=0.5"])
+    task = ModelTask.build(small_model(), torch.zeros(1, 1, 8, 8), score=stub_evaluate, budgets=["flops=0.5"])
+    env = gymnasium.make("adc/Prune-v0", task=task)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env.unwrapped)
@@ -51,8 +58,8 @@ def test_check_env_passes_with_warnings_as_errors():
 
 
 def test_episode_through_gymnasium_make_ends_terminated_with_policy_and_costs():
-    env = gymnasium.make("adc/Prune-v0", model=small_model(), example_input=torch.zeros(1, 1, 8, 8),
-                         evaluate=stub_evaluate, budgets=["flops=0.5"])
+    task = ModelTask.build(small_model(), torch.zeros(1, 1, 8, 8), score=stub_evaluate, budgets=["flops=0.5"])
+    env = gymnasium.make("adc/Prune-v0", task=task)
     obs, _ = env.reset(seed=0)
     n = env.unwrapped.num_units
     for i in range(n):
@@ -70,12 +77,11 @@ def test_episode_through_gymnasium_make_ends_terminated_with_policy_and_costs():
 
 def test_play_actions_matches_stepping():
     """The cheap hook the property test relies on applies exactly what step() applies."""
-    env = PruningEnv(small_model("zoo:resnet20", 3), torch.zeros(1, 3, 8, 8), evaluate=stub_evaluate,
-                     budgets=["flops=0.4", "params=0.6"])
+    env = make_env(small_model("zoo:resnet20", 3), torch.zeros(1, 3, 8, 8), budgets=["flops=0.4", "params=0.6"])
     rng = np.random.default_rng(0)
     for _ in range(3):
         actions = rng.uniform(0, 1, env.num_units)
-        kept, applied = env.play_actions(actions)
+        kept, applied = env.task.play_actions(actions)
         env.reset()
         stepped, applied_steps = [], []
         for a in actions:
@@ -87,7 +93,7 @@ def test_play_actions_matches_stepping():
         assert applied_steps == pytest.approx(applied)
         assert list(info["kept"].values()) == stepped
     with pytest.raises(AdcError, match="one per unit"):
-        env.play_actions([0.5])
+        env.task.play_actions([0.5])
 
 
 # -- the property test: every clipped policy meets every budget and uses it ---------------
@@ -142,19 +148,20 @@ def random_action_sequences(rng: np.random.Generator, n_units: int, count: int) 
 
 def check_policies(env: PruningEnv, sequences: list[np.ndarray], min_keep: float, max_keep: float) -> list[float]:
     """Assert the budget, bounds and applied-action properties for every sequence; return each policy's budget use."""
+    task, space = env.task, env.task.space
     uses = []
     for actions in sequences:
-        kept, applied = env.play_actions(actions)
-        for b in env.budgets:
+        kept, applied = task.play_actions(actions)
+        for b in task.budgets:
             assert b.price(kept) <= b.limit * (1 + 1e-9), (b.key, b.price(kept) / b.limit, actions.tolist())
-        uses.append(max(b.price(kept) / b.limit for b in env.budgets))
-        for unit, k, a in zip(env.units, kept, applied):
+        uses.append(max(b.price(kept) / b.limit for b in task.budgets))
+        for unit, k, a in zip(task.units, kept, applied):
             sparsity = 1.0 - k / unit.channels
             # one rounding step of the unit (a channel, a round_to multiple, or a channel per group)
-            step = (unit.channel_groups if unit.channel_groups > 1 else env.round_to) / unit.channels
+            step = (unit.channel_groups if unit.channel_groups > 1 else space.round_to) / unit.channels
             assert 1 - max_keep - step <= sparsity <= 1 - min_keep + step, (unit.name, k, unit.channels)
             assert 1 <= k <= unit.channels
-            assert unit.kept(env._sparsity_of(a), env.round_to) == k, (unit.name, a, k)
+            assert unit.kept(space.sparsity_of(a), space.round_to) == k, (unit.name, a, k)
     return uses
 
 
@@ -162,7 +169,7 @@ def check_policies(env: PruningEnv, sequences: list[np.ndarray], min_keep: float
 @pytest.mark.parametrize("spec", list(PROPERTY_MODELS))
 def test_every_random_policy_meets_every_budget_and_fills_it(spec, budget, pruners):
     pruner = pruners(spec)
-    env = PruningEnv(pruner.model, pruner.example_input, evaluate=stub_evaluate, budgets=PROPERTY_BUDGETS[budget],
+    env = make_env(pruner.model, pruner.example_input, budgets=PROPERTY_BUDGETS[budget],
                      pruner=pruner)
     count = 150 if spec.startswith("zoo:") else 60
     rng = np.random.default_rng(abs(hash((spec, budget))) % 2**32)
@@ -175,7 +182,7 @@ def test_every_random_policy_meets_every_budget_and_fills_it(spec, budget, prune
 def test_custom_keep_bounds_and_rounding_still_meet_the_budget(spec, pruners):
     base = pruners(spec)
     pruner = ChannelPruner(base.model, base.example_input, round_to=4, graph=base.graph)
-    env = PruningEnv(pruner.model, pruner.example_input, evaluate=stub_evaluate, budgets=["flops=0.5"],
+    env = make_env(pruner.model, pruner.example_input, budgets=["flops=0.5"],
                      min_keep=0.3, max_keep=0.9, pruner=pruner)
     uses = check_policies(env, random_action_sequences(np.random.default_rng(1), env.num_units, 100), 0.3, 0.9)
     assert min(uses) >= 0.9  # coarser rounding: the last units' steps are bigger
@@ -183,7 +190,7 @@ def test_custom_keep_bounds_and_rounding_still_meet_the_budget(spec, pruners):
 
 def test_without_fill_budget_policies_only_meet_the_cap(pruners):
     pruner = pruners("zoo:plain20")
-    env = PruningEnv(pruner.model, pruner.example_input, evaluate=stub_evaluate, budgets=["flops=0.5"],
+    env = make_env(pruner.model, pruner.example_input, budgets=["flops=0.5"],
                      pruner=pruner, fill_budget=False)
     uses = check_policies(env, random_action_sequences(np.random.default_rng(2), env.num_units, 60), 0.2, 1.0)
     assert max(uses) <= 1.0 + 1e-9
@@ -219,14 +226,14 @@ def test_bad_budget_is_one_line_naming_input_and_valid_keys(text):
 
 
 def test_absolute_budget_resolves_against_the_model():
-    env = PruningEnv(small_model(), torch.zeros(1, 1, 8, 8), evaluate=stub_evaluate, budgets=["flops=0.5"])
-    original = env.budgets[0].original
+    env = make_env(small_model(), torch.zeros(1, 1, 8, 8), budgets=["flops=0.5"])
+    original = env.task.budgets[0].original
     absolute = f"flops={original * 0.6 / 1e3:.3f}K"
-    env2 = PruningEnv(small_model(), torch.zeros(1, 1, 8, 8), evaluate=stub_evaluate, budgets=[absolute], pruner=env.pruner)
-    assert env2.budgets[0].fraction == pytest.approx(0.6, rel=1e-3)
+    env2 = make_env(small_model(), torch.zeros(1, 1, 8, 8), budgets=[absolute], pruner=env.task.evaluator.pruner)
+    assert env2.task.budgets[0].fraction == pytest.approx(0.6, rel=1e-3)
     with pytest.raises(AdcError, match="nothing to prune"):
-        PruningEnv(small_model(), torch.zeros(1, 1, 8, 8), evaluate=stub_evaluate, budgets=[f"flops={original * 2:.0f}"],
-                   pruner=env.pruner)
+        make_env(small_model(), torch.zeros(1, 1, 8, 8), budgets=[f"flops={original * 2:.0f}"],
+                   pruner=env.task.evaluator.pruner)
 
 
 def test_unreachable_budget_is_refused_before_any_evaluation_with_the_smallest_reachable_value():
@@ -234,25 +241,24 @@ def test_unreachable_budget_is_refused_before_any_evaluation_with_the_smallest_r
     model = small_model()
     pruner = ChannelPruner(model, torch.zeros(1, 1, 8, 8))
     with pytest.raises(AdcError) as err:
-        PruningEnv(model, torch.zeros(1, 1, 8, 8), evaluate=lambda m: calls.append(1) or {"top1": 1.0},
-                   budgets=["flops=0.01"], min_keep=0.2, pruner=pruner)
+        make_env(model, torch.zeros(1, 1, 8, 8), evaluate=lambda m: calls.append(1) or {"top1": 1.0},
+                 budgets=["flops=0.01"], min_keep=0.2, pruner=pruner)
     assert not calls
     message = str(err.value)
     assert "unreachable" in message and "\n" not in message
     # the smallest reachable value, computed independently: every unit at its minimum kept count
-    env = PruningEnv(model, torch.zeros(1, 1, 8, 8), evaluate=stub_evaluate, budgets=["flops=0.5"], pruner=pruner)
-    kept, _ = env.play_actions([1.0] * env.num_units)
-    smallest = env.budgets[0].price(env._min_kept) / env.budgets[0].original
+    env = make_env(model, torch.zeros(1, 1, 8, 8), budgets=["flops=0.5"], pruner=pruner)
+    smallest = env.task.budgets[0].price(env.task.space.min_kept) / env.task.budgets[0].original
     assert f"flops={smallest:.3f}" in message
     assert smallest > 0.01
     # and that smallest value is indeed accepted
-    PruningEnv(model, torch.zeros(1, 1, 8, 8), evaluate=stub_evaluate, budgets=[f"flops={smallest + 0.001:.4f}"],
+    make_env(model, torch.zeros(1, 1, 8, 8), budgets=[f"flops={smallest + 0.001:.4f}"],
                pruner=pruner)
 
 
 def test_same_budget_twice_is_refused():
     with pytest.raises(AdcError, match="twice"):
-        PruningEnv(small_model(), torch.zeros(1, 1, 8, 8), evaluate=stub_evaluate, budgets=["flops=0.5", "flops=0.4"])
+        make_env(small_model(), torch.zeros(1, 1, 8, 8), budgets=["flops=0.5", "flops=0.4"])
 
 
 # -- rewards ----------------------------------------------------------------------------
@@ -295,16 +301,17 @@ def test_unknown_reward_names_the_valid_ones():
 
 
 def test_bn_recalibration_raises_a_pruned_models_accuracy(trained, digits, digits_input):
-    env = PruningEnv(trained, digits_input, evaluate=stub_evaluate, budgets=["flops=0.5"])
-    kept = env.kept_of_actions(env.uniform_actions())
-    assert env.budgets[0].price(kept) <= env.budgets[0].limit
-    policy = {u.name: 1.0 - k / u.channels for u, k in zip(env.units, kept)}
+    env = make_env(trained, digits_input, budgets=["flops=0.5"])
+    task = env.task
+    kept = task.space.kept_of_actions(task.uniform_actions())
+    assert task.budgets[0].price(kept) <= task.budgets[0].limit
+    policy = {u.name: 1.0 - k / u.channels for u, k in zip(task.units, kept)}
     val = [digits.val[i] for i in range(len(digits.val))]
     val = [(torch.stack([x for x, _ in val]), torch.tensor([y for _, y in val]))]
     unpruned = evaluate(trained, val)["top1"]
-    stale = evaluate(env.pruner.prune(policy), val)["top1"]
+    stale = evaluate(task.evaluator.pruner.prune(policy), val)["top1"]
     gen = torch.Generator().manual_seed(0)
     images = torch.stack([digits.train[int(i)][0] for i in torch.randperm(len(digits.train), generator=gen)[:256]])
-    recalibrated = evaluate(recalibrate_bn(env.pruner.prune(policy), images), val)["top1"]
+    recalibrated = evaluate(recalibrate_bn(task.evaluator.pruner.prune(policy), images), val)["top1"]
     print(f"val top-1: unpruned {unpruned:.3f}, uniform l1 at 50% FLOPs {stale:.3f}, with adaptive BN {recalibrated:.3f}")
     assert recalibrated > stale + 0.05

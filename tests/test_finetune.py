@@ -10,20 +10,25 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from adc.errors import AdcError
-from adc.finetune import FINETUNED_FILE, SETTINGS_FILE, distillation_loss, finetune, finetune_run
-from adc.pipeline import SearchConfig, run_search
-from adc.pruning import prune
-from adc.serialization import load
-from adc.training import evaluate
+from adc.inputs.finetune import distillation_loss, finetune, kept_epoch
+from adc.inputs.training import evaluate
+from adc.pruning.pruner import prune
+from adc.pruning.serialization import load
+from adc.run.config import RunConfig
+from adc.run.finetune_run import finetune_run
+from adc.run.pipeline import run_search
+from adc.utils.errors import AdcError
+
+FINETUNED_FILE, SETTINGS_FILE = "model_finetuned.pt", "finetune.json"
 
 
 @pytest.fixture(scope="module")
 def run_dir(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished search folder: the default model (plain20 on digits) pruned uniformly to half its FLOPs."""
     out = tmp_path_factory.mktemp("ft") / "run"
-    config = SearchConfig(agent="uniform", episodes=1, budget=["flops=0.5"], bn_calibration=128, val_size=100, out=str(out))
-    run_search(config)
+    config = RunConfig.from_values({"agent": "uniform", "episodes": 1, "budget": ["flops=0.5"], "bn_calibration": 128,
+                                    "val_size": 100})
+    run_search(config, out=out)
     return out
 
 
@@ -41,7 +46,10 @@ def test_finetune_records_epochs_and_returns_best(trained, digits, digits_input)
     assert records[0]["test_top1"] == pytest.approx(before)
     assert all(0.0 <= r["test_top1"] <= 1.0 and r["train_loss"] > 0 for r in records[1:])
     assert records[1]["lr"] == pytest.approx(0.01) and records[2]["lr"] < 0.01  # cosine schedule
-    assert evaluate(best, digits.test)["top1"] == pytest.approx(max(r["test_top1"] for r in records[1:]))
+    kept = kept_epoch(records)
+    assert kept["val_top1"] == max(r["val_top1"] for r in records)  # chosen on validation, never on test
+    assert evaluate(best, digits.val)["top1"] == pytest.approx(kept["val_top1"])
+    assert evaluate(best, digits.test)["top1"] == pytest.approx(kept["test_top1"])
     assert _kept_shapes(best) == _kept_shapes(pruned)
     assert best.adc_pruning == pruned.adc_pruning and not best.training
     # The input model is left untouched.
@@ -49,7 +57,7 @@ def test_finetune_records_epochs_and_returns_best(trained, digits, digits_input)
 
 
 def _half(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
-    from adc.graph import analyze
+    from adc.analysis.graph import analyze
 
     return {u.name: 0.5 for u in analyze(model, x).units}
 
@@ -64,8 +72,21 @@ def test_distillation_loss_matches_hinton() -> None:
     assert distillation_loss(s, s, y, temperature=2.0, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_finetune_never_hands_back_a_worse_model(trained, digits, digits_input) -> None:
+    from adc.inputs.training import recalibrate_bn
+
+    pruned = prune(trained, digits_input, _half(trained, digits_input))
+    recalibrate_bn(pruned, torch.stack([digits.train[i][0] for i in range(256)]))
+    before = evaluate(pruned, digits.val)["top1"]
+    assert before > 0.2
+    best, records = finetune(pruned, digits, epochs=1, lr=2.0, momentum=0.0, seed=0)  # a rate that wrecks it
+    assert records[1]["val_top1"] < before  # training made it worse ...
+    assert kept_epoch(records)["epoch"] == 0  # ... so the model it was given is kept
+    assert evaluate(best, digits.val)["top1"] == pytest.approx(before)
+
+
 def test_finetune_run_saves_best_loadable_with_same_structure(run_dir: Path) -> None:
-    out = finetune_run(run_dir, epochs=1)
+    out, summary = finetune_run(run_dir, epochs=1)
     assert out == run_dir / FINETUNED_FILE
     original, tuned = load(run_dir / "model.pt"), load(out)
     assert _kept_shapes(tuned) == _kept_shapes(original)
@@ -73,17 +94,19 @@ def test_finetune_run_saves_best_loadable_with_same_structure(run_dir: Path) -> 
     settings = json.loads((run_dir / SETTINGS_FILE).read_text())
     assert settings["epochs"] == 1 and settings["data"] == "digits" and settings["distill"] is False
     assert all(not isinstance(v, (dict, list)) for v in settings.values())  # one flat object
-    assert 0.0 < settings["test_top1_best"] <= 1.0 and settings["best_epoch"] == 1
-    from adc.data import load_data
+    assert settings == summary and settings["selected_on"] == "validation top-1" and settings["threads"] == 1
+    assert 0.0 < settings["test_top1_kept"] <= 1.0 and settings["kept_epoch"] in (0, 1)
+    assert settings["val_top1_kept"] >= settings["val_top1_before"]
+    from adc.inputs.data import load_data
 
-    assert evaluate(tuned, load_data("digits").test)["top1"] == pytest.approx(settings["test_top1_best"])
+    assert evaluate(tuned, load_data("digits").test)["top1"] == pytest.approx(settings["test_top1_kept"])
 
 
 def test_finetune_run_distills(run_dir: Path) -> None:
     finetune_run(run_dir, epochs=1, distill=True)
     settings = json.loads((run_dir / SETTINGS_FILE).read_text())
     assert settings["distill"] is True and settings["temperature"] == 4.0 and settings["alpha"] == 0.9
-    assert settings["test_top1_best"] > 0.5
+    assert settings["test_top1_kept"] > 0.5
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -106,14 +129,14 @@ def test_finetune_run_bad_folders(tmp_path: Path) -> None:
 
 
 def test_finetune_command(run_dir: Path) -> None:
-    from adc.cli_finetune import finetune_command
+    from adc.cli.finetune import finetune_command
 
     app = typer.Typer()
     app.command("finetune")(finetune_command)
     app.command("noop")(lambda: None)  # two commands, so "finetune" is a subcommand as in adc.cli
-    result = CliRunner().invoke(app, ["finetune", str(run_dir), "--epochs", "1", "--lr", "0.005"])
+    result = CliRunner().invoke(app, ["finetune", str(run_dir), "--epochs", "1", "--lr", "0.005", "--threads", "1"])
     assert result.exit_code == 0, result.output
-    assert "after fine-tuning" in result.output
+    assert "chosen on validation" in result.output
     assert json.loads((run_dir / SETTINGS_FILE).read_text())["lr"] == 0.005
     bad = CliRunner().invoke(app, ["finetune", str(run_dir), "--epochs", "0"])
     assert isinstance(bad.exception, AdcError)

@@ -10,13 +10,25 @@ import pytest
 import torch
 from torch import nn
 
-from adc.budgets import parse_budget, resolve_budgets
-from adc.energy import EnergyModel, EnergyPrice, load_energy_model
-from adc.errors import AdcError
-from adc.graph import analyze
-from adc.latency import LatencyCache, Timer, build_latency_table
-from adc.models import build_model
-from adc.rewards import get_reward
+from adc.objective.budgets import parse_budget, resolve_budgets
+from adc.analysis.energy import EnergyModel, EnergyPrice, load_energy_model
+from adc.utils.errors import AdcError
+from adc.analysis.graph import analyze
+from adc.analysis.latency import LatencyCache, build_latency_table
+from adc.analysis.space import PolicySpace
+from adc.analysis.timers import Timer
+from adc.envs.pruning_env import PruningEnv
+from adc.envs.task import ModelTask
+from adc.inputs.models import build_model
+from adc.objective.rewards import get_reward
+from adc.pruning.pruner import ChannelPruner
+
+
+def table_of(model: nn.Module, x: torch.Tensor, *, timer: Timer, min_keep: float = 0.2, **kwargs):
+    """The latency table a search with ``min_keep`` would build (calibrated on the unpruned and the smallest model)."""
+    pruner = ChannelPruner(model, x)
+    space = PolicySpace(pruner.graph, min_keep=min_keep)
+    return build_latency_table(model, x, space, prune_to=pruner.prune_kept, timer=timer, **kwargs)
 
 
 class StubTimer(Timer):
@@ -53,7 +65,7 @@ def small(tmp_path):
     model, x = small_net(), torch.randn(1, 3, 8, 8)
     graph = analyze(model, x)
     timer = StubTimer()
-    table = build_latency_table(model, x, graph=graph, timer=timer, cache_dir=tmp_path, min_keep=0.25, points=4)
+    table = table_of(model, x, timer=timer, cache_dir=tmp_path, min_keep=0.25, points=4)
     return model, x, graph, table, timer
 
 
@@ -61,7 +73,7 @@ def test_second_build_measures_nothing(small, tmp_path):
     model, x, graph, table, timer = small
     assert timer.calls > 0 and table.measurements == timer.calls
     again = StubTimer()
-    table2 = build_latency_table(model, x, graph=graph, timer=again, cache_dir=tmp_path, min_keep=0.25, points=4)
+    table2 = table_of(model, x, timer=again, cache_dir=tmp_path, min_keep=0.25, points=4)
     assert again.calls == 0 and table2.measurements == 0
     kept = np.array([8.0, 16.0])
     assert table2.price(kept) == pytest.approx(table.price(kept))
@@ -71,7 +83,7 @@ def test_identical_layer_shapes_share_one_measurement(tmp_path):
     model, x = build_model("zoo:resnet20", num_classes=10, in_channels=3).eval(), torch.randn(1, 3, 8, 8)
     graph = analyze(model, x)
     timer = StubTimer()
-    table = build_latency_table(model, x, graph=graph, timer=timer, cache_dir=tmp_path, points=3)
+    table = table_of(model, x, timer=timer, cache_dir=tmp_path, points=3)
     entries = sum(len(a) * len(b) for a, b in zip(table.grid_in, table.grid_out))
     assert timer.calls < 0.6 * entries  # blocks after the first of each stage repeat its shapes: measured once
 
@@ -102,14 +114,14 @@ def test_corrupt_or_foreign_cache_is_rebuilt_with_a_warning(small, tmp_path):
     path.write_text("{not json")
     timer = StubTimer()
     with pytest.warns(UserWarning, match="unusable"):
-        rebuilt = build_latency_table(model, x, graph=graph, timer=timer, cache_dir=tmp_path, min_keep=0.25, points=4)
+        rebuilt = table_of(model, x, timer=timer, cache_dir=tmp_path, min_keep=0.25, points=4)
     assert timer.calls > 0 and rebuilt.price(graph.channels) == pytest.approx(table.price(graph.channels))
     data = json.loads(path.read_text())  # rewritten, valid again
     data["key"]["device"] = "another machine"
     path.write_text(json.dumps(data))
     timer = StubTimer()
     with pytest.warns(UserWarning, match="unusable"):
-        build_latency_table(model, x, graph=graph, timer=timer, cache_dir=tmp_path, min_keep=0.25, points=4)
+        table_of(model, x, timer=timer, cache_dir=tmp_path, min_keep=0.25, points=4)
     assert timer.calls > 0
     data = json.loads(path.read_text())
     next(iter(data["layers"].values()))[next(iter(next(iter(data["layers"].values()))))] = -1.0
@@ -121,7 +133,7 @@ def test_corrupt_or_foreign_cache_is_rebuilt_with_a_warning(small, tmp_path):
 def test_latency_cache_dir_respects_adc_cache_dir(small, tmp_path, monkeypatch):
     model, x, graph, _, _ = small
     monkeypatch.setenv("ADC_CACHE_DIR", str(tmp_path / "root"))
-    build_latency_table(model, x, graph=graph, timer=StubTimer(), min_keep=0.25, points=2)
+    table_of(model, x, timer=StubTimer(), min_keep=0.25, points=2)
     assert list((tmp_path / "root" / "latency").glob("*.json"))
 
 
@@ -192,13 +204,15 @@ def test_parse_time_and_energy_units():
 
 def test_latency_budget_needs_a_table_and_refuses_the_unreachable(small):
     model, x, graph, table, _ = small
-    min_kept = np.array([4.0, 8.0])
+    space = PolicySpace(graph, min_keep=0.25)
+    min_kept = space.min_kept
+    assert list(min_kept) == [4.0, 8.0]
     with pytest.raises(AdcError, match="latency table"):
-        resolve_budgets(["latency=0.5"], graph, min_kept)
+        resolve_budgets(["latency=0.5"], space)
     reachable = table.price(min_kept) / table.price(graph.channels)
     with pytest.raises(AdcError, match="unreachable"):
-        resolve_budgets([f"latency={reachable * 0.9:.4f}"], graph, min_kept, latency_table=table)
-    (budget,) = resolve_budgets(["latency=0.9"], graph, min_kept, latency_table=table)
+        resolve_budgets([f"latency={reachable * 0.9:.4f}"], space, latency_table=table)
+    (budget,) = resolve_budgets(["latency=0.9"], space, latency_table=table)
     assert budget.original == pytest.approx(table.measured_total)
 
 
@@ -214,15 +228,13 @@ def test_rewards_acc_latency_and_acc_energy():
 def plain(tmp_path_factory):
     model = build_model("zoo:plain20", num_classes=10, in_channels=1).eval()
     x = torch.randn(1, 1, 8, 8)
-    table = build_latency_table(model, x, timer=StubTimer(), cache_dir=tmp_path_factory.mktemp("lat"), points=3)
+    table = table_of(model, x, timer=StubTimer(), cache_dir=tmp_path_factory.mktemp("lat"), points=3)
     return model, x, table
 
 
 def make_env(plain, budgets):
-    from envs.pruning_env import PruningEnv
-
     model, x, table = plain
-    return PruningEnv(model, x, evaluate=lambda m: {"top1": 0.5}, budgets=budgets, latency_table=table)
+    return PruningEnv(ModelTask.build(model, x, score=lambda m: {"top1": 0.5}, budgets=budgets, latency_table=table))
 
 
 @pytest.mark.parametrize("budgets", [["latency=0.6"], ["energy=0.5"], ["flops=0.6", "latency=0.7", "energy=0.6"]])
@@ -230,23 +242,21 @@ def test_budgets_met_by_construction(plain, budgets):
     env = make_env(plain, budgets)
     rng = np.random.default_rng(0)
     for _ in range(15):
-        kept, _ = env.play_actions(rng.random(env.num_units).tolist())
-        for b in env.budgets:
+        kept, _ = env.task.play_actions(rng.random(env.num_units).tolist())
+        for b in env.task.budgets:
             assert b.price(kept) <= b.limit * (1 + 1e-9), b.key
-        assert max(b.price(kept) / b.limit for b in env.budgets) > 0.9  # the budget is used, too
-    record = env.original_record
+        assert max(b.price(kept) / b.limit for b in env.task.budgets) > 0.9  # the budget is used, too
+    record = env.task.original
     for key in ("latency", "energy"):
         assert record[f"original_{key}"] > 0 and record[f"{key}_ratio"] == pytest.approx(1.0)
 
 
 def test_record_carries_energy_without_a_latency_table(plain):
-    from envs.pruning_env import PruningEnv
-
     model, x, _ = plain
-    env = PruningEnv(model, x, evaluate=lambda m: {"top1": 0.5}, budgets=["flops=0.5"])
-    assert "energy" in env.original_record and "latency" not in env.original_record
-    rec = env._record(env._min_kept, {"top1": 0.5})
-    assert 0 < rec["energy_ratio"] < 1 and rec["original_energy"] == pytest.approx(env.original_record["energy"])
+    task = ModelTask.build(model, x, score=lambda m: {"top1": 0.5}, budgets=["flops=0.5"])
+    assert "energy" in task.original and "latency" not in task.original
+    rec = task.recorder.record(task.space.min_kept, {"top1": 0.5})
+    assert 0 < rec["energy_ratio"] < 1 and rec["original_energy"] == pytest.approx(task.original["energy"])
 
 
 def test_cli_bad_device_and_bad_energy_file(tmp_path):

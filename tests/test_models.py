@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from adc.errors import AdcError
-from adc.models import build_model, load_checkpoint
-from adc.zoo import ZOO
+from adc.utils.errors import AdcError
+from adc.inputs.models import build_model, load_checkpoint
+from adc.inputs.zoo import ZOO
 
 
 @pytest.mark.parametrize("name", ZOO.names())
@@ -98,7 +98,7 @@ def test_plugin_file_models(tmp_path: Path) -> None:
 
 
 def test_module_plugin_model() -> None:
-    model = build_model("adc.zoo:plain20", num_classes=3, in_channels=1)
+    model = build_model("adc.inputs.zoo:plain20", num_classes=3, in_channels=1)
     assert model.fc.out_features == 3
 
 

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-import adc.pretrained as pretrained
-from adc.data import load_data, make_loader
-from adc.errors import AdcError
-from adc.models import build_model, load_checkpoint
-from adc.training import evaluate, recalibrate_bn, train_classifier
+import adc.inputs.pretrained as pretrained
+from adc.inputs.data import load_data, make_loader
+from adc.utils.errors import AdcError
+from adc.inputs.models import build_model, load_checkpoint
+from adc.inputs.training import evaluate, recalibrate_bn, train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_ensure_trained_is_reproducible(tmp_path: Path) -> None:
 def test_cache_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADC_CACHE_DIR", str(tmp_path))
     path = pretrained.cache_path("zoo:plain20", "digits", epochs=30)
-    assert path.parent == tmp_path and path.suffix == ".pt"
+    assert path.parent == tmp_path / "models" and path.suffix == ".pt"
     assert path != pretrained.cache_path("zoo:plain20", "digits", epochs=31)
     assert path != pretrained.cache_path("zoo:plain20", "digits", epochs=30, split_seed=1)
 
