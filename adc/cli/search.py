@@ -63,27 +63,31 @@ def search_command(
 
     started = time.perf_counter()
     with progress_bar("search") as bar:
-        task = bar.add_task("search", total=settings.search.episodes, info="")
-
-        def episode(record: dict[str, Any], best: dict[str, Any]) -> None:
-            m = record["metrics"]
-            bar.update(task, completed=record["episode"] + 1, info=(
-                f"best {best['reward']:.4f} | this: acc {100 * m['top1']:.1f}% flops {m['flops_ratio']:.3f} ({record['phase']})"))
-
-        def training(done: int, total: int) -> None:
-            bar.update(task, info=f"training the reference model: batch {done}/{total}")
-
-        def table(done: int, total: int, layer: str) -> None:
-            bar.update(task, info=f"measuring latency table {done}/{total}: {layer}")
-
-        hooks = RunHooks(episode=episode, status=lambda s: bar.console.print(s), note=lambda s: bar.console.print(f"[yellow]note: {s}"),
-                         training=training, table=table)
-        result, folder = run_search(settings, out=out_dir, resume=resume is not None, hooks=hooks)
+        result, folder = run_search(settings, out=out_dir, resume=resume is not None,
+                                    hooks=_bar_hooks(bar, bar.add_task("search", total=settings.search.episodes, info="")))
     print_result(result, folder, time.perf_counter() - started)
     if result.interrupted:
         warn("interrupted: the best policy so far and its model were written; "
              f"continue with: adc search --resume {folder}")
         raise typer.Exit(130)
+
+
+def _bar_hooks(bar: Any, task: Any) -> RunHooks:
+    """The run's hooks drawing on the progress bar: episodes, training batches, latency-table layers, notes."""
+
+    def episode(record: dict[str, Any], best: dict[str, Any]) -> None:
+        m = record["metrics"]
+        bar.update(task, completed=record["episode"] + 1, info=(
+            f"best {best['reward']:.4f} | this: acc {100 * m['top1']:.1f}% flops {m['flops_ratio']:.3f} ({record['phase']})"))
+
+    def training(done: int, total: int) -> None:
+        bar.update(task, info=f"training the reference model: batch {done}/{total}")
+
+    def table(done: int, total: int, layer: str) -> None:
+        bar.update(task, info=f"measuring latency table {done}/{total}: {layer}")
+
+    return RunHooks(episode=episode, status=lambda s: bar.console.print(s, highlight=False),
+                    note=lambda s: bar.console.print(f"[yellow]note: {s}", highlight=False), training=training, table=table)
 
 
 def print_result(result: SearchResult, folder: RunFolder, seconds: float) -> None:

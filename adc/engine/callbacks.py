@@ -13,16 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from adc.agents import Agent
 from adc.engine.checkpoint import Checkpoint
+from adc.engine.result import SearchResult
 from adc.utils.errors import AdcError
 
-if TYPE_CHECKING:
-    from adc.engine.loop import Search
-    from adc.engine.result import SearchResult
-
 Record = dict[str, Any]
+
+
+class Search(Protocol):
+    """What a callback sees of the running search (:class:`adc.engine.loop.Search`)."""
+
+    history: list[Record]
+    agent: Agent | None
+
+    def checkpoint_settings(self) -> dict[str, Any]:
+        """The settings a checkpoint records."""
 
 
 class SearchCallback:

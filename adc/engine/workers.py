@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from adc.objective.evaluator import Evaluation, Evaluator, Score
 from adc.utils.errors import AdcError
@@ -53,8 +54,6 @@ class _Worker:
     """One Ray actor: an evaluator per scoring, on the actor's device and threads."""
 
     def __init__(self, evaluator: Evaluator, device: str, threads: int) -> None:
-        import torch
-
         torch.set_num_threads(threads)
         self.evaluators = {"search": evaluator.to(device) if device != "cpu" else evaluator}
         self.device = device

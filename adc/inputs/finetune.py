@@ -16,15 +16,17 @@ epoch (soft filter pruning re-zeroes its filters there).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
 from adc.inputs.data import DataSplits, make_loader
 from adc.inputs.training import evaluate, make_sgd, train_epoch
@@ -48,68 +50,87 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     return alpha * temperature * temperature * soft + (1.0 - alpha) * hard
 
 
-def _check_settings(epochs: int, lr: float, momentum: float, weight_decay: float, batch_size: int,
-                    temperature: float, alpha: float, train_samples: int | None) -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise AdcError(f"--epochs {epochs!r}: fine-tuning needs at least 1 epoch")
-    if not lr > 0 or not math.isfinite(lr):
-        raise AdcError(f"--lr {lr!r}: the learning rate must be a positive number")
-    if not 0 <= momentum < 1:
-        raise AdcError(f"momentum {momentum!r}: must be in [0, 1)")
-    if weight_decay < 0:
-        raise AdcError(f"weight_decay {weight_decay!r}: must be >= 0")
-    if batch_size < 1:
-        raise AdcError(f"batch_size {batch_size!r}: must be >= 1")
-    if not temperature > 0:
-        raise AdcError(f"temperature {temperature!r}: the distillation temperature must be > 0")
-    if not 0 <= alpha <= 1:
-        raise AdcError(f"alpha {alpha!r}: the weight of the distillation term must be in [0, 1]")
-    if train_samples is not None and train_samples < 1:
-        raise AdcError(f"train_samples {train_samples!r}: must be >= 1 (or None for the whole train split)")
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Settings of a fine-tune, checked when built.
+
+    Attributes:
+        epochs: Passes over the training data (>= 1).
+        lr: Initial SGD learning rate (cosine schedule to 0, per step).
+        momentum, weight_decay, batch_size: SGD settings (no weight decay on batch norms and biases).
+        seed: Seeds the shuffling and the training subset.
+        device: ``cpu`` or ``cuda``.
+        temperature: Softening temperature of the distillation (with a teacher).
+        alpha: Weight of the distillation term; ``1 - alpha`` weighs the label loss.
+        train_samples: Train on this many training images (a fixed random subset
+            chosen with ``seed``) instead of all, for a shorter fine-tune.
+    """
+
+    epochs: int = 5
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    train_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise AdcError(f"--epochs {self.epochs!r}: fine-tuning needs at least 1 epoch")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0 or not math.isfinite(self.lr):
+            raise AdcError(f"--lr {self.lr!r}: the learning rate must be a positive number")
+        if not 0 <= self.momentum < 1:
+            raise AdcError(f"momentum {self.momentum!r}: must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise AdcError(f"weight_decay {self.weight_decay!r}: must be >= 0")
+        if self.batch_size < 1:
+            raise AdcError(f"batch_size {self.batch_size!r}: must be >= 1")
+        if not self.temperature > 0:
+            raise AdcError(f"temperature {self.temperature!r}: the distillation temperature must be > 0")
+        if not 0 <= self.alpha <= 1:
+            raise AdcError(f"alpha {self.alpha!r}: the weight of the distillation term must be in [0, 1]")
+        if self.train_samples is not None and self.train_samples < 1:
+            raise AdcError(f"train_samples {self.train_samples!r}: must be >= 1 (or None for the whole train split)")
+        check_device(self.device)
+
+
+def _training_subset(splits: DataSplits, options: FinetuneOptions) -> Dataset:
+    train_ds = splits.train
+    if len(train_ds) == 0:
+        raise AdcError(f"the training split of {splits.name!r} is empty; nothing to fine-tune on")
+    if options.train_samples is not None and options.train_samples < len(train_ds):
+        order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(options.seed))
+        train_ds = Subset(train_ds, sorted(order[: options.train_samples].tolist()))
+    return train_ds
 
 
 def finetune(
     model: nn.Module,
     splits: DataSplits,
+    options: FinetuneOptions | None = None,
     *,
-    epochs: int,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    batch_size: int = 64,
-    seed: int = 0,
-    device: str = "cpu",
     teacher: nn.Module | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    train_samples: int | None = None,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     on_epoch_end: Callable[[nn.Module, int], None] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    **settings: Any,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Fine-tune a copy of ``model`` on ``splits.train``; return the best model and per-epoch records.
 
-    SGD with momentum (no weight decay on batch-norm parameters and biases) and
-    a per-step cosine schedule from ``lr`` to 0, starting from the kept weights.
     The model is scored on the validation split (and, for the report, on the
     test split) before training (record ``epoch`` 0) and after every epoch; the
     returned model is the one with the highest validation top-1 (the earliest on
     ties, so the starting model when training did not help), in eval mode, with
-    the attributes :func:`adc.save` needs (``adc_model_spec``, ``adc_pruning``)
-    kept. ``model`` itself is not modified.
+    the attributes :func:`adc.save` needs kept. ``model`` itself is not modified.
 
     Args:
         model: The (pruned) classifier.
-        splits: Data; trains on ``train``, reports ``test``.
-        epochs: Passes over the training data (>= 1).
-        lr: Initial learning rate; momentum, weight_decay, batch_size: SGD settings.
-        seed: Seeds the shuffling and the training subset.
-        device: ``cpu`` or ``cuda``.
+        splits: Data; trains on ``train``, chooses on ``val``, reports ``test``.
+        options: The settings; ``**settings`` overrides single fields (``epochs=2``).
         teacher: The unpruned model to distil from (None: cross-entropy only).
-        temperature: Softening temperature ``T`` of the distillation.
-        alpha: Weight of the distillation term; ``1 - alpha`` weighs the label loss.
-        train_samples: Train on this many training images (a fixed random subset
-            chosen with ``seed``) instead of all, for a shorter fine-tune.
         extra_loss: A term added to every batch's loss, a function of the model (a sparsity regulariser).
         on_epoch_end: Called with the model and the epoch number after each epoch's training.
         progress: Called after each epoch with its record.
@@ -122,32 +143,18 @@ def finetune(
     Raises:
         AdcError: on a bad setting (epochs < 1, lr <= 0, ...) or an empty training set.
     """
-    _check_settings(epochs, lr, momentum, weight_decay, batch_size, temperature, alpha, train_samples)
-    dev = check_device(device)
-    train_ds = splits.train
-    if len(train_ds) == 0:
-        raise AdcError(f"the training split of {splits.name!r} is empty; nothing to fine-tune on")
-    if train_samples is not None and train_samples < len(train_ds):
-        order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(seed))[:train_samples]
-        train_ds = Subset(train_ds, sorted(order.tolist()))
-
+    o = dataclasses.replace(options or FinetuneOptions(), **settings)
+    dev = check_device(o.device)
+    loader = make_loader(_training_subset(splits, o), batch_size=o.batch_size, shuffle=True, seed=o.seed)
     student = copy.deepcopy(model).to(dev)
     if teacher is not None:
         teacher = teacher.to(dev).eval()
+
     def score(epoch: int, lr_now: float, train_loss: float | None, seconds: float) -> dict[str, Any]:
         val = evaluate(student, splits.val, device=str(dev))
         test = evaluate(student, splits.test, device=str(dev))
         return {"epoch": epoch, "lr": lr_now, "train_loss": train_loss, "val_top1": val["top1"], "test_top1": test["top1"],
                 "test_top5": test["top5"], "test_loss": test["loss"], "seconds": seconds}
-
-    records: list[dict[str, Any]] = [score(0, lr, None, 0.0)]
-    best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    best_val = records[0]["val_top1"]
-
-    optimizer = make_sgd(student, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    loader = make_loader(train_ds, batch_size=batch_size, shuffle=True, seed=seed)
-    total_steps = max(1, epochs * len(loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
 
     def loss_fn(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if teacher is None:
@@ -155,23 +162,26 @@ def finetune(
         else:
             with torch.no_grad():
                 target = teacher(images)
-            loss = distillation_loss(logits, target, labels, temperature=temperature, alpha=alpha)
+            loss = distillation_loss(logits, target, labels, temperature=o.temperature, alpha=o.alpha)
         return loss if extra_loss is None else loss + extra_loss(student)
 
-    for epoch in range(1, epochs + 1):
+    records: list[dict[str, Any]] = [score(0, o.lr, None, 0.0)]
+    best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    optimizer = make_sgd(student, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    total_steps = max(1, o.epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+    for epoch in range(1, o.epochs + 1):
         started = time.perf_counter()
         epoch_lr = optimizer.param_groups[0]["lr"]
         train_loss = train_epoch(student, loader, optimizer, scheduler, device=dev, epoch=epoch, loss_fn=loss_fn)
         if on_epoch_end is not None:
             on_epoch_end(student, epoch)
         student.eval()
-        record = score(epoch, epoch_lr, train_loss, time.perf_counter() - started)
-        records.append(record)
-        if record["val_top1"] > best_val:
-            best_val = record["val_top1"]
+        records.append(score(epoch, epoch_lr, train_loss, time.perf_counter() - started))
+        if records[-1]["val_top1"] > max(r["val_top1"] for r in records[:-1]):
             best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
         if progress is not None:
-            progress(record)
+            progress(records[-1])
     student.load_state_dict(best_state)
     return student.eval(), records
 

@@ -1,0 +1,37 @@
+"""Search agents: AMC's DDPG (and TD3, SAC) on stable-baselines3, and the strategies they are judged against.
+
+Installed as ``adc.agents`` (the project's top-level ``agents/`` folder).
+``AGENTS`` maps names to :class:`Agent` classes; build one with
+``make_agent(name, envs, episodes=..., seed=..., **options)`` and resume a
+saved one with ``load_agent(path, envs)``.
+"""
+
+from adc.agents.base import AGENTS, Agent, OnEpisode, load_agent, make_agent, parse_options
+from adc.agents.baselines import RandomAgent, SensitivityAgent, UniformAgent
+from adc.agents.credit import MovingAverageBaseline, assign_episode_reward
+from adc.agents.ddpg import DDPGAgent
+from adc.agents.offpolicy import NoisyOffPolicyOptions, OffPolicyAgent, OffPolicyOptions
+from adc.agents.refine import Refiner
+from adc.agents.sac import SACAgent
+from adc.agents.td3 import TD3Agent
+
+__all__ = [
+    "AGENTS",
+    "Agent",
+    "DDPGAgent",
+    "MovingAverageBaseline",
+    "NoisyOffPolicyOptions",
+    "OffPolicyAgent",
+    "OffPolicyOptions",
+    "OnEpisode",
+    "RandomAgent",
+    "Refiner",
+    "SACAgent",
+    "SensitivityAgent",
+    "TD3Agent",
+    "UniformAgent",
+    "assign_episode_reward",
+    "load_agent",
+    "make_agent",
+    "parse_options",
+]

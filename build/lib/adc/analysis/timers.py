@@ -1,0 +1,201 @@
+"""Timing a module: the median seconds of one forward pass, in PyTorch (CPU or CUDA events) or onnxruntime.
+
+Used by the latency lookup table (:mod:`adc.analysis.latency`), the
+channel-alignment probe and the measured speedups of every report. A timer's
+:meth:`Timer.key` (runtime and version, device, threads, statistic) keys every
+cache of measurements. Tests substitute a deterministic timer.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adc.utils.device import check_device, torch_threads
+from adc.utils.errors import AdcError
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+class Timer:
+    """Times a module on an input: the median seconds of one forward pass.
+
+    Subclasses set ``runtime``, ``device``, ``threads`` and ``version`` (they
+    key the cache) and implement :meth:`time`.
+    """
+
+    runtime: str = "stub"
+    device: str = "cpu"
+    threads: int = 1
+    version: str = ""
+
+    def time(self, module: nn.Module, x: torch.Tensor) -> float:
+        """Median seconds of ``module(x)``."""
+        raise NotImplementedError
+
+    def key(self) -> dict[str, Any]:
+        """What a measurement depends on besides the layer: cache files are keyed by it."""
+        device = f"cuda:{torch.cuda.get_device_name()}" if self.device.startswith("cuda") else f"cpu:{_cpu_name()}"
+        key = {"runtime": self.runtime, "version": self.version, "device": device, "threads": int(self.threads)}
+        if getattr(self, "statistic", "median") != "median":
+            key["statistic"] = self.statistic
+        return key
+
+
+def _median_time(run: Callable[[], Any], *, warmup: int, repeats: int, min_sample: float,
+                 clock: Callable[[Callable[[], Any], int], float] | None = None, statistic: str = "median") -> float:
+    """Median (or min) over ``repeats`` samples of the mean time of ``run``; each sample loops long enough to last ``min_sample``."""
+
+    def wall(fn: Callable[[], Any], n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return time.perf_counter() - t0
+
+    clock = clock or wall
+    for _ in range(warmup):
+        run()
+    once = max(clock(run, 1), 1e-7)
+    inner = max(1, min(1000, int(math.ceil(min_sample / once))))
+    samples = [clock(run, inner) / inner for _ in range(repeats)]
+    return min(samples) if statistic == "min" else statistics.median(samples)
+
+
+class TorchTimer(Timer):
+    """PyTorch eager, in eval mode under ``torch.inference_mode``; CPU (``threads`` intra-op threads) or CUDA events.
+
+    Args:
+        device: ``cpu`` or ``cuda[:N]``.
+        threads: CPU threads (default: ``torch.get_num_threads()``).
+        warmup, repeats, min_sample: Warm-up calls, timed samples, and
+            the least seconds one sample lasts (short layers are looped).
+        statistic: ``median`` of the samples (default) or ``min`` (steadier on a
+            machine shared with other work).
+    """
+
+    runtime = "torch"
+
+    def __init__(self, device: str = "cpu", threads: int | None = None, *, warmup: int = 3, repeats: int = 7,
+                 min_sample: float = 0.002, statistic: str = "median") -> None:
+        check_device(device)
+        self.device = device
+        self.threads = int(threads or torch.get_num_threads())
+        self.version = torch.__version__
+        self.warmup, self.repeats, self.min_sample = warmup, repeats, min_sample
+        if statistic not in ("median", "min"):
+            raise AdcError(f"timing statistic {statistic!r}: valid: median, min")
+        self.statistic = statistic
+
+    def time(self, module: nn.Module, x: torch.Tensor) -> float:
+        module = module.to(self.device).eval()
+        x = x.to(self.device)
+        clock = None
+        if self.device.startswith("cuda"):
+            def clock(fn: Callable[[], Any], n: int) -> float:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(n):
+                    fn()
+                end.record()
+                torch.cuda.synchronize()
+                return start.elapsed_time(end) / 1000.0
+        with torch_threads(self.threads), torch.inference_mode():
+            return _median_time(lambda: module(x), warmup=self.warmup, repeats=self.repeats,
+                                min_sample=self.min_sample, clock=clock, statistic=self.statistic)
+
+
+class OnnxTimer(Timer):
+    """onnxruntime on the CPU (all graph optimisations, ``threads`` intra-op threads); the module is exported to ONNX first."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, device: str = "cpu", threads: int | None = None, *, warmup: int = 3, repeats: int = 7,
+                 min_sample: float = 0.002, statistic: str = "median") -> None:
+        check_device(device)
+        if device != "cpu":
+            raise AdcError(f"--runtime onnxruntime measures on the CPU only; got --device {device!r} (use --runtime torch for cuda)")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise AdcError("--runtime onnxruntime needs onnxruntime: pip install 'adc[onnx]'") from None
+        self._ort = ort
+        self.device = "cpu"
+        self.threads = int(threads or torch.get_num_threads())
+        self.version = ort.__version__
+        self.warmup, self.repeats, self.min_sample = warmup, repeats, min_sample
+        if statistic not in ("median", "min"):
+            raise AdcError(f"timing statistic {statistic!r}: valid: median, min")
+        self.statistic = statistic
+
+    def session(self, module: nn.Module, x: torch.Tensor) -> Any:
+        """An onnxruntime session running ``module`` (exported at ``x``'s shape)."""
+        buf = io.BytesIO()
+        module = module.cpu().eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x.cpu(),), buf, input_names=["input"], output_names=["output"],
+                              opset_version=17, dynamo=False)
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        return self._ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def time(self, module: nn.Module, x: torch.Tensor) -> float:
+        session = self.session(module, x)
+        feed = {session.get_inputs()[0].name: x.cpu().numpy()}
+        return _median_time(lambda: session.run(None, feed), warmup=self.warmup, repeats=self.repeats,
+                            min_sample=self.min_sample, statistic=self.statistic)
+
+
+def make_timer(runtime: str = "torch", device: str = "cpu", threads: int | None = None, **options: Any) -> Timer:
+    """The timer for a runtime name (``torch`` or ``onnxruntime``).
+
+    Raises:
+        AdcError: unknown runtime, absent device, onnxruntime not installed or asked for cuda.
+    """
+    if runtime == "torch":
+        return TorchTimer(device, threads, **options)
+    if runtime == "onnxruntime":
+        return OnnxTimer(device, threads, **options)
+    raise AdcError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+
+
+def measured_speedup(original: nn.Module, pruned: nn.Module, example_input: torch.Tensor, *, runtime: str = "torch",
+                     device: str = "cpu", threads: int | None = 1, batch: int = 1, rounds: int = 3) -> dict[str, Any]:
+    """Time the unpruned and the pruned model side by side (interleaved, ``rounds`` each, median); cheap.
+
+    Returns:
+        ``{"original_s", "pruned_s", "speedup", "runtime", "device", "threads", "batch"}``.
+    """
+    timer = make_timer(runtime, device, threads, warmup=2, repeats=3, min_sample=0.005)
+    x = example_input[:1].to("cpu").expand(batch, *example_input.shape[1:]).contiguous()
+    first, second = copy.deepcopy(original).cpu(), copy.deepcopy(pruned).cpu()
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(timer.time(first, x))
+        b.append(timer.time(second, x))
+    t0, t1 = statistics.median(a), statistics.median(b)
+    return {"original_s": t0, "pruned_s": t1, "speedup": t0 / t1, "runtime": timer.runtime, "device": timer.device,
+            "threads": timer.threads, "batch": batch}

@@ -1,0 +1,1 @@
+"""Pruning: channel criteria, least-squares reconstruction, the pruner, pickle-free save/load, export."""

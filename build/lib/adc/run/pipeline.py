@@ -1,0 +1,180 @@
+"""From settings to a finished run folder: what ``adc search`` does, as a library call.
+
+:func:`run_search` loads the data and the model (training the embedded
+default on first use), runs the search's phases (:class:`adc.engine.loop.Search`),
+and writes the run folder (:class:`adc.run.folder.RunFolder`). A search that
+a failing plug-in or Ctrl-C stops early still writes its best result so far
+before the failure is raised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adc.analysis.cost import count
+from adc.analysis.timers import measured_speedup
+from adc.engine.callbacks import ProgressCallback, SearchCallback, TensorBoardCallback
+from adc.engine.loop import Search
+from adc.engine.result import SearchResult
+from adc.inputs.data import DataSplits, example_input, load_data
+from adc.inputs.models import build_model, load_checkpoint
+from adc.inputs.pretrained import DEFAULT_EPOCHS, ensure_trained, is_trained
+from adc.inputs.training import evaluate
+from adc.pruning.serialization import save
+from adc.run.config import RunConfig
+from adc.run.folder import RunFolder
+from adc.run.plots import plot_policy, plot_rewards
+from adc.run.report import write_report
+from adc.utils.device import torch_threads
+from adc.utils.errors import AdcError
+from adc.utils.formatting import one_line
+
+
+@dataclass
+class RunHooks:
+    """How a run talks to its caller (the CLI draws progress bars with them); every hook is optional.
+
+    Attributes:
+        episode: After every episode, ``(record, best)``.
+        status: One-line status messages ("training ...", "writing ...").
+        note: Things the user should know (a setting without effect, a skipped step).
+        training: ``(batches done, batches in all)`` while a reference model trains.
+        table: ``(done, total, layer)`` while a latency table is measured.
+    """
+
+    episode: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+    status: Callable[[str], None] | None = None
+    note: Callable[[str], None] | None = None
+    training: Callable[[int, int], None] | None = None
+    table: Callable[[int, int, str], None] | None = None
+
+
+def load_model(config: RunConfig, splits: DataSplits, hooks: RunHooks | None = None) -> nn.Module:
+    """Build the model and load its weights (training adc's default on first use, with progress)."""
+    hooks = hooks or RunHooks()
+    model = build_model(config.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
+    if config.checkpoint:
+        return load_checkpoint(model, config.checkpoint)
+    if config.model.startswith("zoo:"):
+        if not is_trained(config.model, config.data, epochs=DEFAULT_EPOCHS) and hooks.status:
+            hooks.status(f"training {config.model} on {config.data} (first use; cached afterwards)")
+        path = ensure_trained(config.model, config.data, epochs=DEFAULT_EPOCHS, seed=0, batch_progress=hooks.training)
+        return load_checkpoint(model, path)
+    if config.model.startswith("torchvision:"):
+        raise AdcError(f"model {config.model!r} has no trained weights here: pass --checkpoint FILE (a state dict)")
+    return model  # a plugin builds its own trained model
+
+
+def default_out() -> Path:
+    """``runs/<date>-<time>``."""
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run_search(config: RunConfig, *, out: str | Path | None = None, resume: bool = False,
+               hooks: RunHooks | None = None) -> tuple[SearchResult, RunFolder]:
+    """Run a whole search and write its folder.
+
+    Args:
+        config: The settings.
+        out: The run folder (default ``runs/<time>``); with ``resume``, the folder to continue.
+        resume: Continue the search checkpointed in ``out``; its settings must not change.
+        hooks: Progress and messages.
+
+    Returns:
+        The result and the run folder.
+
+    Raises:
+        AdcError: a bad setting or input (before any episode: no run folder is left behind),
+            or a failure during the search (after the best result so far was written).
+    """
+    hooks = hooks or RunHooks()
+    folder = RunFolder(out if out is not None else default_out())
+    if resume:
+        saved = folder.read_config() if folder.config.is_file() else None
+        changed = saved.changed(config) if saved is not None else []
+        if changed:
+            raise AdcError(f"--resume {folder}: {changed[0]} differs from the interrupted search's settings; "
+                           "a resumed search keeps its settings (drop the flag)")
+    fresh = folder.prepare(resume=resume)
+    try:
+        with torch_threads(config.search.threads):
+            return _run(config, folder, resume=resume, hooks=hooks)
+    except AdcError:
+        if fresh and not folder.checkpoint.exists() and not folder.model.exists():
+            folder.remove()  # refused before any episode: leave no half-made run folder
+        raise
+
+
+def _run(config: RunConfig, folder: RunFolder, *, resume: bool, hooks: RunHooks) -> tuple[SearchResult, RunFolder]:
+    started = time.perf_counter()
+    splits = load_data(config.data)
+    model = load_model(config, splits, hooks)
+    x = example_input(splits)
+    callbacks: list[SearchCallback] = [ProgressCallback(hooks.episode, hooks.note)]
+    if config.tensorboard:
+        callbacks.append(TensorBoardCallback(folder.tensorboard))
+    with Search(model, x, config.search, data=splits, out=folder.path, resume=resume, table_progress=hooks.table,
+                callbacks=callbacks) as search:
+        search.build()
+        if not resume:
+            folder.write_config(config)
+        search.play()
+        search.select()
+        result = search.result()
+    if hooks.status:
+        hooks.status(f"writing {folder}")
+    write_outputs(folder, result, model, x, splits, config, time.perf_counter() - started)
+    if result.failure:
+        raise AdcError(f"the search stopped at {result.failure}; the best result of the {len(result.history)} "
+                       f"episodes before it is in {folder}")
+    return result, folder
+
+
+def measure_speedups(model: nn.Module, pruned: nn.Module, x: torch.Tensor, config: RunConfig) -> list[dict[str, Any]]:
+    """Measured speedups of the saved model for the report: the search's runtime at batch 1 (and its latency batch)."""
+    o = config.search
+    batches = sorted({1, o.latency_batch})
+    speeds = []
+    for batch in batches:
+        try:
+            device = o.device if o.runtime == "torch" else "cpu"
+            speeds.append(measured_speedup(model, pruned, x, runtime=o.runtime, device=device, threads=o.threads,
+                                           batch=batch))
+        except Exception as exc:  # an optional report line: never lose the finished search over it
+            speeds.append({"error": one_line(exc), "runtime": o.runtime, "batch": batch})
+    return speeds
+
+
+def write_outputs(folder: RunFolder, result: SearchResult, model: nn.Module, x: torch.Tensor, splits: DataSplits | None,
+                  config: RunConfig, wall_time: float) -> None:
+    """Save the chosen pruned model and every report file into the run folder."""
+    pruned = result.prune()
+    device = next(model.parameters()).device
+    test = None
+    if splits is not None:
+        test = {"original": evaluate(model, splits.test, device=str(device))["top1"],
+                "pruned": evaluate(pruned, splits.test, device=str(device))["top1"]}
+    pruned_cpu = pruned.to("cpu")
+    counted = count(pruned_cpu, x.to("cpu"))
+    settings = config.values()
+    meta = {"metrics": result.metrics, "original": result.original, "test_top1": test, "counted": counted._asdict(),
+            "settings": settings, "example_shape": list(x.shape)}
+    save(pruned_cpu, folder.model, policy=result.policy, meta=meta)
+    folder.write_policy({"policy": result.policy, "kept": result.kept, "reward": result.reward, "metrics": result.metrics,
+                         "episode": result.episode, "selection": result.selection, "test_top1": test,
+                         "interrupted": result.interrupted, "failure": result.failure, "notes": result.notes,
+                         "calibration": result.calibration})
+    folder.write_history(result.history)
+    plot_policy(folder.file("policy.png"), result.graph, result.kept)
+    plot_rewards(folder.file("reward.png"), result.history)
+    speeds = measure_speedups(model, pruned_cpu, x, config)
+    write_report(folder.file("report.md"), result=result, settings=settings, counted=counted._asdict(), test=test,
+                 wall_time=wall_time, speeds=speeds)
