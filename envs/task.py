@@ -126,8 +126,7 @@ class ModelTask:
         """
         pruner = pruner or ChannelPruner(model, example_input, criterion=criterion, round_to=round_to,
                                          calibration=calibration, reconstruct=reconstruct, seed=seed)
-        if not pruner.graph.units:
-            raise AdcError("the model has no prunable unit (only its classifier and input layers?)")
+        pruner.graph.require_units()
         space = space or PolicySpace(pruner.graph, min_keep=min_keep, max_keep=max_keep, round_to=pruner.round_to)
         budgets = list(budgets)
         resolved = [b for b in budgets if isinstance(b, Budget)]

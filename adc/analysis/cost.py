@@ -6,35 +6,29 @@ costs ``positions * kernel * out * in / groups`` MACs; ``out`` and ``in`` shrink
 linearly with the channels each unit removes (the coupling tables come from
 :mod:`adc.graph`), so one policy costs a few numpy operations. FLOPs are
 2 x MACs, the convention of ``torch.utils.flop_counter.FlopCounterMode``; bias
-additions, batch norms and activations are not counted, as there.
+additions, batch norms and activations are not counted, as there. FLOPs the
+layer formulas do not cover (attention products, functional matmuls) are
+measured once at analysis and stay constant: analysis excludes any unit that
+would change them.
 
-:func:`count` measures a real model with ``FlopCounterMode`` and is what the
-analytic cost is tested against.
+:func:`count` (from :mod:`adc.analysis.counting`) measures a real model with
+``FlopCounterMode`` and is what the analytic cost is checked against.
 """
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import numpy as np
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from adc.analysis.counting import Costs, count
+from adc.analysis.units import ModelGraph
 from adc.utils.errors import AdcError
-from adc.analysis.graph import ModelGraph
+
+__all__ = ["Costs", "Policy", "check_policy", "check_round_to", "cost", "cost_of_kept", "count", "kept_vector"]
 
 Policy = Mapping[str, float]
-
-
-class Costs(NamedTuple):
-    """Per-sample cost of a network."""
-
-    macs: int
-    flops: int
-    params: int
 
 
 def check_policy(graph: ModelGraph, policy: Policy) -> None:
@@ -72,11 +66,7 @@ def kept_vector(graph: ModelGraph, policy: Policy, round_to: int = 1) -> np.ndar
 
 def cost_of_kept(graph: ModelGraph, kept: np.ndarray) -> Costs:
     """Cost of the network when each unit keeps ``kept[i]`` channels (fast path for the search)."""
-    macs, params = graph.layer_costs(kept)
-    other = graph.other_full - graph.other_terms @ (graph.channels - kept)
-    total_params = params.sum() + (graph.other_numel_per_ch * other).sum() + graph.constant_params
-    total_macs = int(round(macs.sum()))
-    return Costs(total_macs, 2 * total_macs, int(round(total_params)))
+    return graph.costs(kept)
 
 
 def cost(graph: ModelGraph, policy: Policy, round_to: int = 1) -> Costs:
@@ -92,25 +82,3 @@ def cost(graph: ModelGraph, policy: Policy, round_to: int = 1) -> Costs:
         MACs, FLOPs (2 x MACs) and parameters.
     """
     return cost_of_kept(graph, kept_vector(graph, policy, round_to))
-
-
-def count(model: nn.Module, example_input: torch.Tensor) -> Costs:
-    """Measure a real model: FLOPs with ``FlopCounterMode``, parameters by counting.
-
-    Args:
-        model: Any network (pruned or not).
-        example_input: An input batch; costs are divided by its batch size.
-
-    Returns:
-        Per-sample MACs, FLOPs and parameters.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example_input)
-    finally:
-        model.train(was_training)
-    flops = counter.get_total_flops() // example_input.shape[0]
-    params = sum(p.numel() for p in model.parameters())
-    return Costs(flops // 2, flops, params)

@@ -76,4 +76,4 @@ def profile(graph: ModelGraph, *, energy_model: EnergyModel | None = None,
     return Profile(rows, total.macs, total.params, tuple(graph.example_shape), total_energy,
                    latency_table.measured_total if latency_table is not None else None,
                    dict(latency_table.info) if latency_table is not None else {},
-                   list(getattr(graph, "excluded", [])))
+                   list(graph.excluded))

@@ -179,6 +179,7 @@ class Search:
         score, source, bn_images, batches, reconstruct = self._evaluation_inputs(str(dev))
         pruner = ChannelPruner(self.model, self.example_input, criterion=o.criterion, round_to=o.round_to,
                                calibration=batches, reconstruct=reconstruct, seed=o.seed)
+        pruner.graph.require_units()
         space = PolicySpace(pruner.graph, min_keep=o.min_keep, round_to=o.round_to)
         if self.latency_table is None and o.needs_latency_table:
             self.latency_table = build_latency_table(

@@ -85,8 +85,10 @@ class SearchResult:
         evaluator = self._evaluator
         if model is not None and model is not evaluator.pruner.model:
             p = evaluator.pruner
+            # Same architecture, same units: reuse the searched graph, so the kept counts line up unit by unit.
             pruner = ChannelPruner(model, p.example_input.to(next(model.parameters()).device), criterion=p.criterion,
-                                   round_to=p.round_to, calibration=p.calibration, reconstruct=p.reconstruct, seed=p.seed)
+                                   round_to=p.round_to, calibration=p.calibration, reconstruct=p.reconstruct, seed=p.seed,
+                                   graph=p.graph)
             evaluator = Evaluator(pruner, evaluator.score, bn_images=evaluator.bn_images, source=evaluator.source)
         kept = self.kept_vector()
         pruned = evaluator.model(kept)

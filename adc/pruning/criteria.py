@@ -93,7 +93,7 @@ class ScoreContext:
             counts: dict[str, torch.Tensor] = {}
             totals: dict[str, int] = {}
             handles = []
-            wanted = {m.module for u in self.graph.units for m in u.members if m.dim == "out"}
+            wanted = {m.module for u in self.graph.units for m in u.members if m.dim == "out" and not m.is_parameter}
 
             def hook(name: str) -> Callable:
                 def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -145,6 +145,8 @@ def _group_scores(ctx: ScoreContext, unit: Unit, per_member: Callable[[nn.Module
     total = torch.zeros(unit.channels, dtype=torch.float64)
     weight = torch.zeros(unit.channels, dtype=torch.float64)
     for member in unit.members:
+        if member.is_parameter:  # a loose parameter (a layer scale) is no layer's weights
+            continue
         module = ctx.module(member.module)
         scores = per_member(module, member)
         if scores is None or len(member.idxs) == 0:
@@ -204,7 +206,8 @@ def bn_scale(ctx: ScoreContext, unit: Unit) -> torch.Tensor:
             return None
         return module.weight.detach()[torch.as_tensor(member.idxs, dtype=torch.long)].abs()
 
-    if not any(isinstance(ctx.module(m.module), nn.modules.batchnorm._BatchNorm) for m in unit.members):
+    if not any(not m.is_parameter and isinstance(ctx.module(m.module), nn.modules.batchnorm._BatchNorm)
+               for m in unit.members):
         return CRITERIA.get("l1")(ctx, unit)
     return _group_scores(ctx, unit, member_scores)
 

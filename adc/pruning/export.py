@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from adc.utils.errors import AdcError
 from adc.pruning.serialization import load, read_header
+from adc.utils.errors import AdcError
 from adc.utils.files import atomic_write
+from adc.utils.formatting import one_line
 
 FORMATS = ("onnx", "torchscript")
 
@@ -27,8 +28,11 @@ def export(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, f
     if format not in FORMATS:
         raise AdcError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
     # Export in eval mode (batch norms use running statistics), then give the caller's model its mode back.
-    was_training = model.training
+    # MultiheadAttention's eval fast path (one fused kernel, aten::_native_multi_head_attention) has no ONNX
+    # or TorchScript form: export the same computation through its unfused path.
+    was_training, fastpath = model.training, torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         if format == "torchscript":
             with torch.no_grad():
@@ -45,7 +49,10 @@ def export(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, f
                 )
 
         return atomic_write(path, write_onnx)
+    except Exception as exc:  # the exporters raise anything on operators they lack
+        raise AdcError(f"cannot export {type(model).__name__} to {format}: {one_line(exc)}") from exc
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
 
 

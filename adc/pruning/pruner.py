@@ -14,14 +14,17 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from adc.analysis.cost import Policy, check_policy, check_round_to, cost_of_kept, count, kept_vector
-from adc.pruning.criteria import CRITERIA, ScoreContext, as_batches
-from adc.utils.errors import AdcError
+from adc.analysis.cost import Policy, check_policy, check_round_to, kept_vector
 from adc.analysis.graph import ModelGraph, Unit, analyze
+from adc.analysis.surgery import remove_channels
+from adc.analysis.verify import pruning_fault
+from adc.pruning.criteria import CRITERIA, ScoreContext, as_batches
 from adc.pruning.reconstruction import collect_statistics, reconstructable, refit
+from adc.utils.errors import AdcError
+
+__all__ = ["PRUNING_ATTR", "ChannelPruner", "check_pruned", "prune", "remove_channels"]
 
 
 PRUNING_ATTR = "adc_pruning"
@@ -157,85 +160,15 @@ def check_pruned(pruned: nn.Module, graph: ModelGraph, kept: np.ndarray, example
 
     Raises:
         AdcError: when the forward pass fails, a layer's channels differ from the
-            prediction (names the layer and the unit(s) that hold them), or the
-            counted FLOPs differ from the analytic ones.
+            prediction, or the counted FLOPs or parameters differ from the analytic
+            ones; names the units that were pruned.
     """
-    kept = np.asarray(kept, dtype=np.float64)
-    modules = dict(pruned.named_modules())
-    out_k, in_k = graph.layer_channels(kept)
-    for i, lc in enumerate(graph.layers):
-        m = modules.get(lc.name)
-        if m is None:
-            continue
-        real_out = m.out_features if isinstance(m, nn.Linear) else m.out_channels
-        real_in = m.in_features if isinstance(m, nn.Linear) else m.in_channels
-        if (real_out, real_in) != (int(round(out_k[i])), int(round(in_k[i]))):
-            holders = [u.name for j, u in enumerate(graph.units) if graph.out_terms[i, j] or graph.in_terms[i, j]]
-            raise AdcError(f"pruning left layer {lc.name!r} with {real_in} -> {real_out} channels, not the predicted "
-                           f"{int(round(in_k[i]))} -> {int(round(out_k[i]))}; unit(s) {', '.join(holders) or '?'} "
-                           "cannot be pruned as analysed")
-    try:
-        counted = count(pruned, example_input[:1])
-    except Exception as exc:  # a broken model raises anything
-        raise AdcError(f"the pruned model fails on its example input: {type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
-    predicted = cost_of_kept(graph, kept)
-    if counted.flops != predicted.flops or counted.params != predicted.params:
-        raise AdcError(f"the pruned model has {counted.flops} FLOPs and {counted.params} params, but the analysis "
-                       f"predicted {predicted.flops} and {predicted.params}; refusing to report figures it does not have")
-
-
-def remove_channels(model: nn.Module, graph: ModelGraph, keep: Mapping[str, Iterable[int]]) -> dict[str, dict[str, np.ndarray]]:
-    """Cut, in place, every channel of ``model`` that ``keep`` does not keep.
-
-    Args:
-        model: A model of the architecture ``graph`` was traced from, unpruned.
-        graph: Its graph.
-        keep: Unit name -> kept channel indices; units not named keep all.
-
-    Returns:
-        The removed channels per module and dimension, in unpruned numbering.
-    """
-    removed = _removed_channels(graph, keep)
-    modules = dict(model.named_modules())
-    for name, dims in removed.items():
-        _prune_module(modules[name], dims)
-    return removed
-
-
-def _removed_channels(graph: ModelGraph, keep: Mapping[str, Iterable[int]]) -> dict[str, dict[str, np.ndarray]]:
-    """Per module and dimension, the channels to remove, in the module's own numbering."""
-    out: dict[str, dict[str, list[np.ndarray]]] = {}
-    for name, kept in keep.items():
-        unit = graph.unit(name)
-        kept = np.asarray(list(kept), dtype=np.int64)
-        if len(kept) == 0 or kept.min() < 0 or kept.max() >= unit.channels or len(np.unique(kept)) != len(kept):
-            raise AdcError(f"kept channels of unit {name!r} must be 1 to {unit.channels} distinct indices in [0, {unit.channels})")
-        gone = np.ones(unit.channels, dtype=bool)
-        gone[kept] = False
-        if not gone.any():
-            continue
-        for m in unit.members:
-            idxs = m.idxs[gone[m.root_idxs]]
-            if len(idxs):
-                out.setdefault(m.module, {}).setdefault(m.dim, []).append(idxs)
-    return {mod: {dim: np.unique(np.concatenate(parts)) for dim, parts in dims.items()} for mod, dims in out.items()}
-
-
-def _prune_module(module: nn.Module, dims: Mapping[str, np.ndarray]) -> None:
-    """Cut one module's channels with Torch-Pruning's layer functions."""
-    pruner = tp.pruner.function.PrunerBox.get(tp.ops.module2type(module))
-    if pruner is None:
-        raise AdcError(f"cannot prune module of type {type(module).__name__}: torch-pruning has no pruning function for it")
-    if pruner.prune_in_channels == pruner.prune_out_channels:
-        # Batch norms, depthwise convs: one channel dimension; prune it once.
-        idxs = np.union1d(dims.get("out", np.empty(0, np.int64)), dims.get("in", np.empty(0, np.int64)))
-        pruner.prune_out_channels(module, idxs.tolist())
-        return
-    if "out" in dims:
-        pruner.prune_out_channels(module, dims["out"].tolist())
-    if "in" in dims:
-        pruner.prune_in_channels(module, dims["in"].tolist())
+    fault = pruning_fault(pruned, graph, kept, example_input)
+    if fault is not None:
+        kept = np.asarray(kept, dtype=np.float64)
+        pruned_units = [u.name for u, k in zip(graph.units, kept) if k < u.channels]
+        shown = ", ".join(pruned_units[:6]) + (f" and {len(pruned_units) - 6} more" if len(pruned_units) > 6 else "")
+        raise AdcError(f"{fault}; refusing to report figures the model does not have (pruned units: {shown or 'none'})")
 
 
 def prune(

@@ -5,11 +5,17 @@ model spec; the kept channel indices of every unit; the policy and free-form
 metadata) and a plain state dict. Loading rebuilds the architecture from the
 spec, removes the same channels, and loads the weights with
 ``torch.load(weights_only=True)``: no arbitrary object is ever unpickled.
+
+A model built by :func:`adc.build_model` carries its spec. For a torchvision
+model built directly, the spec is inferred (:func:`adc.inputs.models.torchvision_specs`)
+and confirmed before anything is written: the candidate is rebuilt and pruned
+as :func:`load` will do, must take the weights, and must give the same outputs.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +24,9 @@ import torch
 from torch import nn
 
 from adc.analysis.graph import analyze
-from adc.inputs.models import build_model
-from adc.pruning.pruner import PRUNING_ATTR, remove_channels
+from adc.analysis.surgery import remove_channels
+from adc.inputs.models import build_model, torchvision_specs
+from adc.pruning.pruner import PRUNING_ATTR
 from adc.utils.errors import AdcError
 from adc.utils.files import atomic_write
 
@@ -38,21 +45,21 @@ def save(
     """Save a (pruned) model so that :func:`load` can rebuild it in any process.
 
     Args:
-        model: A model built by :func:`adc.models.build_model` (it carries its
-            spec), possibly pruned by :func:`adc.prune`.
+        model: A model built by :func:`adc.build_model` (it carries its spec) or
+            by torchvision (its spec is inferred), possibly pruned by adc.
         path: Destination file; written atomically.
         policy: The policy that produced it, stored for reference.
         meta: JSON-serialisable extra information (metrics, costs).
-        spec: The model spec, for a model not built by adc:
+        spec: The model spec, for any other model:
             ``{"spec": "file.py:fn", "num_classes": 10, "in_channels": 3}``.
 
     Raises:
-        AdcError: if the model's architecture spec is unknown.
+        AdcError: if the model's architecture spec is unknown and cannot be inferred.
     """
-    spec = dict(spec) if spec is not None else getattr(model, SPEC_ATTR, None)
+    spec = dict(spec) if spec is not None else getattr(model, SPEC_ATTR, None) or _inferred_spec(model)
     if not spec:
         raise AdcError(
-            "cannot save: the model does not say how to rebuild its architecture; build it with "
+            f"cannot save {type(model).__name__}: the model does not say how to rebuild its architecture; build it with "
             "adc.build_model(spec) or pass spec={'spec': 'file.py:fn', 'num_classes': N, 'in_channels': C}"
         )
     header = {
@@ -66,8 +73,7 @@ def save(
         header_text = json.dumps(header)
     except TypeError as exc:
         raise AdcError(f"cannot save: meta or policy is not JSON-serialisable: {exc}") from exc
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"adc_header": header_text, "state_dict": state}
+    payload = {"adc_header": header_text, "state_dict": _cpu_state(model)}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -110,14 +116,58 @@ def load(path: str | Path) -> nn.Module:
     spec = header.get("model")
     if not isinstance(spec, dict) or not {"spec", "num_classes", "in_channels"} <= spec.keys():
         raise AdcError(f"model file {str(path)!r} does not say how to rebuild its architecture (header 'model': {spec!r})")
-    model = build_model(spec["spec"], num_classes=spec["num_classes"], in_channels=spec["in_channels"])
-    pruning = header.get("pruning")
-    if pruning and pruning.get("kept"):
-        graph = analyze(model, torch.zeros(pruning["example_shape"]))
-        remove_channels(model, graph, pruning["kept"])
-        setattr(model, PRUNING_ATTR, pruning)
+    model = _rebuild(spec, header.get("pruning"))
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # ValueError: a module's own check of its saved version
         raise AdcError(f"model file {str(path)!r} does not fit its own architecture: {str(exc).splitlines()[0]}") from exc
     return model.eval()
+
+
+def _cpu_state(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """The model's state dict on the CPU, with its per-module metadata (MNASNet refuses weights without its version)."""
+    state = model.state_dict()
+    cpu = OrderedDict((k, v.detach().cpu()) for k, v in state.items())
+    cpu._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
+    return cpu
+
+
+def _rebuild(spec: Mapping[str, Any], pruning: Mapping[str, Any] | None) -> nn.Module:
+    """The architecture of ``spec`` with the channels ``pruning`` records removed (random weights)."""
+    model = build_model(spec["spec"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                        options=spec.get("options"))
+    if pruning and pruning.get("kept"):
+        # The saved units were confirmed by the analysis that pruned the model: trace, do not re-verify.
+        graph = analyze(model, torch.zeros(pruning["example_shape"]), verify=False)
+        remove_channels(model, graph, pruning["kept"])
+        setattr(model, PRUNING_ATTR, dict(pruning))
+    return model
+
+
+def _inferred_spec(model: nn.Module) -> dict[str, Any] | None:
+    """The first torchvision candidate spec that rebuilds ``model`` exactly: same weights' shapes, same outputs."""
+    pruning = getattr(model, PRUNING_ATTR, None)
+    state = _cpu_state(model)
+    for spec in torchvision_specs(model):
+        try:
+            rebuilt = _rebuild(spec, pruning)
+            rebuilt.load_state_dict(state)
+        except (AdcError, RuntimeError, ValueError):  # not this candidate
+            continue
+        if not pruning or _same_outputs(model, rebuilt.eval(), pruning["example_shape"]):
+            return spec
+    return None
+
+
+def _same_outputs(model: nn.Module, rebuilt: nn.Module, shape: list[int]) -> bool:
+    """Whether two models give the same outputs on a random input (``model``'s mode is left as it was)."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            want = model(x.to(next(model.parameters()).device)).cpu()
+            got = rebuilt(x)
+    finally:
+        model.train(was_training)
+    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))

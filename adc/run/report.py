@@ -103,7 +103,7 @@ def _search_lines(result: SearchResult, wall_time: float | None) -> list[str]:
 
 def _notes_lines(result: SearchResult) -> list[str]:
     notes = list(result.notes)
-    notes += [f"not a prunable unit: {name} ({reason})" for name, reason in getattr(result.graph, "excluded", [])]
+    notes += [f"not a prunable unit: {name} ({reason})" for name, reason in result.graph.excluded]
     return ["## Notes", "", *[f"- {n}" for n in notes], ""] if notes else []
 
 
