@@ -126,6 +126,19 @@ def test_a_unit_whose_channels_are_permuted_is_left_out() -> None:
     assert [name for name, _ in graph.excluded] == ["conv1"] and "something else" in graph.excluded[0][1]
 
 
+def test_analysis_that_runs_out_of_memory_refuses_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial copy that does not fit says so, instead of excluding units for a reason that is not theirs."""
+    import adc.analysis.verify
+
+    def no_memory(*args: object) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(adc.analysis.verify, "_trial", no_memory)
+    with pytest.raises(AdcError) as excinfo:
+        analyze(FixedWidth().eval(), torch.randn(1, 3, 8, 8))
+    assert "not enough memory to analyse FixedWidth" in _one_line(excinfo)
+
+
 def test_profile_lists_the_excluded_units_with_their_reasons() -> None:
     result = CliRunner(env={"COLUMNS": "200"}).invoke(
         app, ["profile", "--model", f"{ODD}:slicing", "--input-shape", "3,16,16"], catch_exceptions=False)

@@ -40,6 +40,7 @@ from torch import nn
 from adc.analysis.counting import count
 from adc.analysis.surgery import remove_channels
 from adc.analysis.units import ModelGraph, Unit
+from adc.utils.errors import AdcError
 from adc.utils.formatting import one_line
 
 CHANNEL_MIXING = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.MultiheadAttention)
@@ -57,19 +58,37 @@ def verify_units(model: nn.Module, example_input: torch.Tensor, graph: ModelGrap
         graph: Its analysed graph, with every candidate unit.
     """
     x = example_input[:1]
-    graph = graph.without(_failing(graph.units, lambda units: _structure_fault(model, x, graph, units)))
-    modules = dict(model.named_modules())
-    checkable = [u for u in graph.units if not any(
-        isinstance(modules.get(m.module), CHANNEL_MIXING) for m in u.members)]
-    return graph.without(_failing(checkable, lambda units: _function_fault(model, x, graph, units)))
+    try:
+        graph = graph.without(_failing(graph.units, lambda units: _structure_fault(model, x, graph, units)))
+        modules = dict(model.named_modules())
+        checkable = [u for u in graph.units if not any(
+            isinstance(modules.get(m.module), CHANNEL_MIXING) for m in u.members)]
+        return graph.without(_failing(checkable, lambda units: _function_fault(model, x, graph, units)))
+    except _OutOfMemory as exc:
+        size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+        raise AdcError(f"not enough memory to analyse {type(model).__name__}: trying its units on a copy needs about "
+                       f"three times its {size:.0f} MiB of weights ({exc})") from exc
 
 
-def pruning_fault(pruned: nn.Module, graph: ModelGraph, kept: np.ndarray, example_input: torch.Tensor) -> str | None:
+class _OutOfMemory(Exception):
+    """A trial ran out of memory: no verdict on the units, so analysis stops."""
+
+
+def _raise_if_out_of_memory(exc: BaseException) -> None:
+    text = str(exc)
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+            isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
+        raise _OutOfMemory(one_line(exc)) from exc
+
+
+def pruning_fault(pruned: nn.Module, graph: ModelGraph, kept: np.ndarray, example_input: torch.Tensor, *,
+                  on_error: Callable[[BaseException], None] | None = None) -> str | None:
     """Why ``pruned`` is not what ``graph`` predicts for the kept channel counts, or None when it is.
 
     Checks that every conv/linear layer has the predicted channels, that the
     model runs on the example input, and that its counted FLOPs and parameters
-    equal the analytic ones.
+    equal the analytic ones. ``on_error`` sees an exception of the forward pass
+    first (and may raise instead).
     """
     kept = np.asarray(kept, dtype=np.float64)
     modules = dict(pruned.named_modules())
@@ -86,6 +105,8 @@ def pruning_fault(pruned: nn.Module, graph: ModelGraph, kept: np.ndarray, exampl
     try:
         counted = count(pruned, example_input[:1])
     except Exception as exc:  # a broken model raises anything
+        if on_error is not None:
+            on_error(exc)
         return f"the pruned model fails on its example input: {one_line(exc)}"
     predicted_cost = graph.costs(kept)
     if counted.flops != predicted_cost.flops or counted.params != predicted_cost.params:
@@ -154,8 +175,9 @@ def _structure_fault(model: nn.Module, x: torch.Tensor, graph: ModelGraph, units
     try:
         pruned, _, kept = _trial(model, graph, units)
     except Exception as exc:  # torch-pruning's layer functions raise anything on odd members
+        _raise_if_out_of_memory(exc)
         return f"its channels cannot be cut: {one_line(exc)}"
-    return pruning_fault(pruned, graph, kept, x)
+    return pruning_fault(pruned, graph, kept, x, on_error=_raise_if_out_of_memory)
 
 
 def _function_fault(model: nn.Module, x: torch.Tensor, graph: ModelGraph, units: Sequence[Unit]) -> str | None:
@@ -164,6 +186,7 @@ def _function_fault(model: nn.Module, x: torch.Tensor, graph: ModelGraph, units:
         with torch.no_grad(), _full_precision(), _classifier_input(pruned, graph.classifier) as got_features:
             got = [*_tensors(pruned(x)), *got_features]
     except Exception as exc:  # passed alone, fails in this company: say so
+        _raise_if_out_of_memory(exc)
         return f"the pruned model fails on its example input: {one_line(exc)}"
     gone = graph.removed_channels(keep).get(graph.classifier, {}).get("in", np.empty(0, np.int64))
     with torch.no_grad(), _full_precision(), _classifier_input(model, graph.classifier, gone) as want_features, \
