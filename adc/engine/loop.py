@@ -292,10 +292,11 @@ class Search:
             spent = "" if o.agent == "uniform" else " (its probes use up to that many evaluations)"
             self.note(f"agent {o.agent!r} plays one policy: --episodes {o.episodes} sets no episode count{spent}")
         warmup = getattr(self.agent, "warmup", None)
-        asked = o.agent_options.get("warmup")
-        if asked is not None and warmup is not None and int(asked) >= o.episodes:
-            self.note(f"--warmup {asked} is not below --episodes {o.episodes}: every episode is a random warm-up, "
-                      "the agent never acts on what it learned")
+        explore, _, _ = phase_plan(o.episodes, o.workers, self.agent.can_exploit, o.exploit_episodes, o.refine_episodes)
+        if warmup is not None and warmup >= explore:
+            self.note(f"warm-up of {warmup} episodes, but only {explore} of the {o.episodes} episodes explore before the "
+                      "noise-free and refinement phases: the agent learns nothing before acting; raise --episodes "
+                      "or lower --warmup")
 
     # -- play ------------------------------------------------------------------------
 

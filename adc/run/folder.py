@@ -18,7 +18,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from adc.engine.checkpoint import Checkpoint
+from adc.pruning.serialization import load as load_file
 from adc.pruning.serialization import read_header
 from adc.run.config import RunConfig, read_toml, write_toml
 from adc.utils.errors import AdcError
@@ -180,3 +183,16 @@ def model_file(path: str | Path, *, finetuned: bool | None = None) -> Path:
     if not folder.model.is_file():
         raise AdcError(f"run folder {str(path)!r} has no {MODEL}; is the search finished? (adc search --resume it)")
     return folder.model
+
+
+def load(path: str | Path, *, finetuned: bool | None = None) -> nn.Module:
+    """Load a model saved by adc: a model file, or a run folder (its fine-tuned model when there is one).
+
+    Args:
+        path: A ``.pt`` written by :func:`adc.save`, or a run folder of ``adc search``.
+        finetuned: In a run folder, True / False pick ``model_finetuned.pt`` / ``model.pt`` (default: the former if present).
+
+    Raises:
+        AdcError: when there is no such model.
+    """
+    return load_file(model_file(path, finetuned=finetuned))
