@@ -30,6 +30,7 @@ from adc.engine.loop import Search
 from adc.inputs.models import build_model
 from adc.pruning.serialization import load
 from adc.run.folder import RunFolder
+from helpers import assert_refused, run_main
 
 OUTPUTS = ("model.pt", "policy.json", "history.csv", "report.md", "policy.png", "reward.png", "config.toml")
 ADC = Path(sys.executable).with_name("adc")
@@ -187,28 +188,6 @@ def test_profile_prints_a_table():
 
 
 # -- bad inputs -----------------------------------------------------------------------
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Call the console entry point in-process; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["adc", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_refused(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:")
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

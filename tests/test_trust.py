@@ -18,34 +18,20 @@ from torch import nn
 import adc
 from adc.analysis.latency import build_latency_table
 from adc.analysis.space import PolicySpace
-from adc.analysis.timers import Timer
-from adc.cli import main
 from adc.inputs.models import build_model
 from adc.pruning.pruner import ChannelPruner
 from adc.run.config import RunConfig
 from adc.utils.errors import AdcError
 from adc.utils.files import atomic_write_text
 from adc.utils.formatting import energy, seconds, speedup
+from adc.cli import main
+from helpers import FakeTimer, assert_refused, run_main
 
 ADC = Path(sys.executable).with_name("adc")
 
 
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["adc", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def one_line_exit_2(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
+    assert_refused(code, err, *fragments)
 
 
 # -- config files (item 8) --------------------------------------------------------------
@@ -178,18 +164,10 @@ def test_piped_tables_are_whole(tmp_path):
 # -- latency tables (item 10) -------------------------------------------------------------
 
 
-class BusyTimer(Timer):
+class BusyTimer(FakeTimer):
     """A timer whose layer timings are disturbed: every layer alone takes 10 ms, the whole model 1 ms."""
 
-    runtime = "busy"
-    version = "1"
-    threads = 1
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def time(self, module: nn.Module, x: torch.Tensor) -> float:
-        self.calls += 1
+    def seconds(self, module: nn.Module) -> float:
         whole = any(isinstance(m, nn.Linear) for m in module.modules()) and len(list(module.modules())) > 4
         return 1e-3 if whole else 1e-2
 
