@@ -311,6 +311,13 @@ class Search:
         return self.callbacks.on_episode(record, self.best)
 
     def _on_round(self) -> bool:
+        # A round's episodes are scored together: each is given an equal share of the round's wall time.
+        round_records = self.history[self._round_start:]
+        if len(round_records) > 1:
+            share = sum(r["wall_time"] for r in round_records) / len(round_records)
+            for r in round_records:
+                r["wall_time"] = share
+        self._round_start = len(self.history)
         return self.callbacks.on_round(self) and not self._interrupt.requested
 
     def play(self) -> None:
@@ -322,6 +329,7 @@ class Search:
                                               o.refine_episodes)
         self.callbacks.on_search_start(self)
         self._last = time.perf_counter()
+        self._round_start = len(self.history)
         clean = True
         with self._interrupt, torch_threads(o.threads):
             try:

@@ -70,7 +70,9 @@ def speed_lines(speeds: Sequence[Mapping[str, Any]], flops_ratio: float) -> list
 
 def _search_lines(result: SearchResult, wall_time: float | None) -> list[str]:
     history = result.history
-    eval_share = sum(r["evaluate_time"] for r in history) / max(sum(r["wall_time"] for r in history), 1e-9)
+    workers = sorted({r.get("worker", 0) for r in history})
+    # With workers, evaluations overlap: the share is of the workers' time (wall time x workers).
+    eval_share = sum(r["evaluate_time"] for r in history) / max(len(workers) * sum(r["wall_time"] for r in history), 1e-9)
     tail = history[-max(1, len(history) // 10):]
     state = " (interrupted)" if result.interrupted and not result.failure else ""
     lines = ["## Search", "", f"- episodes: {len(history)}{state}"]
@@ -91,7 +93,6 @@ def _search_lines(result: SearchResult, wall_time: float | None) -> list[str]:
                      f"{cal.get('calibration_images', 0)} for the {cal.get('criterion', '?')!r} criterion and "
                      f"reconstruction (reconstruction {'on' if cal.get('reconstruct') else 'off'}), from "
                      f"{cal.get('source', '?')}")
-    workers = sorted({r.get("worker", 0) for r in history})
     if len(workers) > 1:
         lines.append(f"- workers: {len(workers)} (the history's `worker` column says which evaluated each episode)")
     lines += [f"- mean reward of the last {len(tail)} episodes: {sum(r['reward'] for r in tail) / len(tail):.4f}",
