@@ -29,7 +29,7 @@ from adc.analysis.space import PolicySpace
 from adc.engine.callbacks import CallbackList, CheckpointCallback, ProgressCallback, SearchCallback
 from adc.engine.checkpoint import Checkpoint
 from adc.engine.interrupt import DeferredInterrupt
-from adc.engine.options import DATA_CRITERIA, SearchOptions
+from adc.engine.options import DATA_CRITERIA, LABEL_CRITERIA, SearchOptions
 from adc.engine.result import SearchResult
 from adc.engine.selection import MIN_HOLDOUT, select_on_holdout
 from adc.engine.workers import InProcessPool, RayPool, make_pool
@@ -265,9 +265,9 @@ class Search:
             return None, None, False
         cal = calibration_set(self.calibration, bn_count=o.bn_calibration if needs_bn else 0,
                               batch_count=o.calibration_size if wants_batches else 0, seed=o.seed)
-        if o.criterion == "taylor" and not cal.labelled:
-            raise AdcError("criterion 'taylor' needs labelled calibration data: pass a Dataset or DataLoader of "
-                           "(image, label), not a tensor of images")
+        if o.criterion in LABEL_CRITERIA and not cal.labelled:
+            raise AdcError(f"criterion {o.criterion!r} needs labelled calibration data: pass a Dataset or DataLoader "
+                           "of (image, label), not a tensor of images")
         self.calibration_info = {"source": cal.source, "labelled": cal.labelled}
         if needs_bn and cal.bn_count < o.bn_calibration:
             self.note(f"batch-norm recalibration uses {cal.bn_count} calibration images, not the {o.bn_calibration} "
