@@ -44,8 +44,6 @@ from adc.pruning.pruner import ChannelPruner
 from adc.utils.device import check_device, torch_threads
 from adc.utils.errors import AdcError
 
-ONE_POLICY_AGENTS = ("uniform", "sensitivity")
-"""Strategies that end with a single policy, whatever the episode count."""
 RESUME_MAY_CHANGE = frozenset({"threads", "ray_address", "checkpoint_every", "gpus_per_worker", "eval_batch_size",
                                "cache_dir"})
 """Settings a resumed search may change: they do not change which policies it plays."""
@@ -288,8 +286,8 @@ class Search:
 
     def _note_agent_settings(self) -> None:
         o = self.options
-        if o.agent in ONE_POLICY_AGENTS and o.episodes > 1:
-            spent = "" if o.agent == "uniform" else " (its probes use up to that many evaluations)"
+        if self.agent is not None and self.agent.one_policy and o.episodes > 1:
+            spent = " (its probes use up to that many evaluations)" if self.agent.probes else ""
             self.note(f"agent {o.agent!r} plays one policy: --episodes {o.episodes} sets no episode count{spent}")
         warmup = getattr(self.agent, "warmup", None)
         asked = o.agent_options.get("warmup")
