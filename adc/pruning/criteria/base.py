@@ -70,21 +70,23 @@ def is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-def member_rows(module: nn.Module, member: Member, tensor: torch.Tensor) -> torch.Tensor:
+def member_rows(module: nn.Module, member: Member, tensor: torch.Tensor, *, detach: bool = True) -> torch.Tensor:
     """Rows of ``tensor`` (a weight-shaped tensor of ``module``) for the member's channels, flattened.
 
     One row per entry of ``member.idxs``: a filter for an output member, the
     input column of every filter for an input member (grouped convolutions
     map a channel to its position inside its group; depthwise ones to filter c).
+    ``detach=False`` keeps the rows differentiable (for regularisers).
     """
+    tensor = tensor.detach() if detach else tensor
     idxs = torch.as_tensor(member.idxs, dtype=torch.long, device=tensor.device)
     if member.dim == "out" or tensor.dim() == 1:
-        return tensor.detach().index_select(0, idxs).flatten(1) if tensor.dim() > 1 else tensor.detach()[idxs, None]
+        return tensor.index_select(0, idxs).flatten(1) if tensor.dim() > 1 else tensor[idxs, None]
     if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
         if module.groups == module.in_channels:  # depthwise: input channel c is filter c
-            return tensor.detach().index_select(0, idxs).flatten(1)
+            return tensor.index_select(0, idxs).flatten(1)
         idxs = idxs % (module.in_channels // module.groups)
-    return tensor.detach().index_select(1, idxs).transpose(0, 1).flatten(1)
+    return tensor.index_select(1, idxs).transpose(0, 1).flatten(1)
 
 
 def as_batches(calibration: Iterable | torch.Tensor | None, limit: int | None = None) -> list[Batch] | None:
