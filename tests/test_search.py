@@ -20,6 +20,7 @@ from adc.engine.checkpoint import Checkpoint
 from adc.engine.selection import select_on_holdout
 from adc.inputs.models import build_model
 from adc.objective.evaluator import Evaluation
+from adc.pruning.criteria import DATA_CRITERIA, LABEL_CRITERIA
 from adc.utils.errors import AdcError
 
 FAST = {"bn_calibration": 128, "val_size": 500}
@@ -413,3 +414,20 @@ def test_an_evaluate_raising_mid_search_stops_it_with_one_line(tmp_path):
                         **NO_CALIBRATION)
     assert result.failure is not None and "evaluate failed: ValueError: disk went away" in result.failure
     assert len(result.history) == 1
+
+
+@pytest.mark.parametrize("criterion", sorted(DATA_CRITERIA))
+def test_the_search_gives_data_criteria_their_calibration_batches(criterion, trained, digits, digits_input):
+    result = adc.search(trained, digits_input, data=digits, budget={"flops": 0.5}, agent="uniform", episodes=1,
+                        criterion=criterion, reconstruct=False, **FAST)
+    assert result.calibration["criterion"] == criterion and result.calibration["calibration_images"] > 0
+    assert result.metrics["flops_ratio"] <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("criterion", sorted(LABEL_CRITERIA))
+def test_label_criteria_refuse_unlabelled_calibration_images(criterion, trained, digits, digits_input):
+    images = torch.stack([x for x, _ in digits.train][:64])
+    with pytest.raises(AdcError, match=f"criterion '{criterion}' needs labelled calibration data") as excinfo:
+        adc.search(trained, digits_input, evaluate=stub_evaluate, calibration=images, agent="uniform", episodes=1,
+                   criterion=criterion)
+    assert "\n" not in str(excinfo.value)

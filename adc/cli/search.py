@@ -66,11 +66,7 @@ def search_command(
 
     started = time.perf_counter()
     if settings.iterations > 1:
-        total = settings.search.episodes * settings.iterations
-        with progress_bar("search") as bar:
-            run = run_iterations(settings, out=out_dir, resume=resume is not None,
-                                 hooks=_bar_hooks(bar, bar.add_task("search", total=total, info="")))
-        print_iterations(run, time.perf_counter() - started)
+        _iterate(settings, out_dir, resume is not None, started)
         return
     with progress_bar("search") as bar:
         result, folder = run_search(settings, out=out_dir, resume=resume is not None,
@@ -80,6 +76,15 @@ def search_command(
         warn("interrupted: the best policy so far and its model were written; "
              f"continue with: adc search --resume {folder}")
         raise typer.Exit(130)
+
+
+def _iterate(settings: RunConfig, out_dir: Any, resume: bool, started: float) -> None:
+    """``--iterations N``: one progress bar over every step's episodes, then the steps' table."""
+    total = settings.search.episodes * settings.iterations
+    with progress_bar("search") as bar:
+        run = run_iterations(settings, out=out_dir, resume=resume,
+                             hooks=_bar_hooks(bar, bar.add_task("search", total=total, info="")))
+    print_iterations(run, time.perf_counter() - started)
 
 
 def _bar_hooks(bar: Any, task: Any) -> RunHooks:

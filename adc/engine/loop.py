@@ -88,6 +88,7 @@ def episode_record(index: int, info: Mapping[str, Any], wall: float) -> dict[str
         "prune_time": float(timing.get("prune", 0.0)),
         "worker": int(info.get(contract.WORKER, 0)),
         "sigma": agent_info.get("sigma"),
+        "evaluations": agent_info.get("evaluations"),
     }
 
 

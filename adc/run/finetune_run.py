@@ -243,12 +243,7 @@ def train_run(
     """
     o = dataclasses.replace(options or FinetuneOptions(), **settings)
     shaping = shaping or SparseTraining()
-    if not shaping.sparsity and not shaping.soft:
-        raise AdcError(f"adc finetune --model: give --sparsity ({', '.join(SPARSITY.names())}) or --soft with "
-                       "--budget; to fine-tune a pruned model, pass its run folder instead")
-    if shaping.soft != bool(budget):
-        raise AdcError("--soft with --model needs --budget (the uniform width it prunes to)" if shaping.soft else
-                       "--budget with adc finetune needs --soft (soft filter pruning to that budget)")
+    _check_training(shaping, budget)
     _check_threads(threads)
     folder = RunFolder(out)
     config = RunConfig(model=model, checkpoint=checkpoint, data=data)
@@ -274,6 +269,16 @@ def train_run(
     save(best.to("cpu"), folder.model, meta=meta)
     folder.write_finetune(summary)
     return folder.model, summary
+
+
+def _check_training(shaping: SparseTraining, budget: Sequence[str]) -> None:
+    """Training an unpruned model needs a regulariser or soft pruning; soft pruning needs a budget, and only it."""
+    if not shaping.sparsity and not shaping.soft:
+        raise AdcError(f"adc finetune --model: give --sparsity ({', '.join(SPARSITY.names())}) or --soft with "
+                       "--budget; to fine-tune a pruned model, pass its run folder instead")
+    if shaping.soft != bool(budget):
+        raise AdcError("--soft with --model needs --budget (the uniform width it prunes to)" if shaping.soft else
+                       "--budget with adc finetune needs --soft (soft filter pruning to that budget)")
 
 
 def _uniform_kept(model: nn.Module, x: torch.Tensor, budget: Sequence[str], min_keep: float) -> dict[str, int]:
