@@ -228,3 +228,29 @@ def test_train_run_refuses_bad_combinations(kwargs, match, tmp_path) -> None:
 def test_sparse_training_settings_are_checked(kwargs, match) -> None:
     with pytest.raises(AdcError, match=match):
         SparseTraining(**kwargs)
+
+
+def test_finetune_command_trains_a_model_from_its_checkpoint(trained_checkpoint, tmp_path) -> None:
+    from adc.cli import main
+
+    out = tmp_path / "sparse"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--model", "zoo:plain20", "--checkpoint", str(trained_checkpoint), "--data", "digits",
+              "--sparsity", "group_lasso", "--sparsity-strength", "0.01", "--epochs", "1", "--train-samples", "300",
+              "--out", str(out)])
+    assert exit_info.value.code in (0, None)
+    assert load(out / "model.pt") is not None and json.loads((out / SETTINGS_FILE).read_text())["sparsity"] == "group_lasso"
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--epochs", "1"], "give a run folder"),
+    (["--model", "zoo:plain20"], "needs --out"),
+])
+def test_finetune_command_refuses_bad_doors(args, match, capsys) -> None:
+    from adc.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
