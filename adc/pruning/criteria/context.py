@@ -252,8 +252,8 @@ class ScoreContext:
         def compute() -> dict[str, torch.Tensor]:
             def positive(output: torch.Tensor) -> torch.Tensor:
                 dims = [d for d in range(output.dim()) if d != 1]
-                return torch.stack([(output > 0).float().sum(dim=dims), torch.full((output.shape[1],),
-                                    float(output.numel() // output.shape[1]))])
+                total = torch.full((output.shape[1],), float(output.numel() // output.shape[1]), device=output.device)
+                return torch.stack([(output > 0).float().sum(dim=dims), total])
 
             counts = self.forward_outputs("apoz", positive)
             return {n: sum(parts)[0] / sum(parts)[1] for n, parts in counts.items()}
