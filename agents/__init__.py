@@ -10,16 +10,20 @@ from adc.agents.base import AGENTS, Agent, OnEpisode, load_agent, make_agent, pa
 from adc.agents.baselines import RandomAgent, SensitivityAgent, UniformAgent
 from adc.agents.credit import MovingAverageBaseline, assign_episode_reward
 from adc.agents.ddpg import DDPGAgent
+from adc.agents.netadapt import NetAdaptAgent
 from adc.agents.offpolicy import NoisyOffPolicyOptions, OffPolicyAgent, OffPolicyOptions
 from adc.agents.refine import Refiner
 from adc.agents.sac import SACAgent
 from adc.agents.td3 import TD3Agent
+from adc.agents.threshold import GlobalThresholdAgent
 
 __all__ = [
     "AGENTS",
     "Agent",
     "DDPGAgent",
+    "GlobalThresholdAgent",
     "MovingAverageBaseline",
+    "NetAdaptAgent",
     "NoisyOffPolicyOptions",
     "OffPolicyAgent",
     "OffPolicyOptions",

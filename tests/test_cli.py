@@ -217,6 +217,9 @@ BAD_INPUTS = {
     "agent-option-type": (["--agent-option", "hidden=wide"], ["hidden='wide'", "comma-separated ints"]),
     "checkpoint-missing": (["--checkpoint", "/no/such/file.pt"], ["/no/such/file.pt", "does not exist"]),
     "config-missing": (["--config", "/no/such/config.toml"], ["/no/such/config.toml"]),
+    "iterations": (["--iterations", "0"], ["--iterations 0", "positive integer"]),
+    "iteration-finetune": (["--iteration-finetune", "2"], ["--iteration-finetune 2", "--iterations 2 or more"]),
+    "iteration-finetune-negative": (["--iterations", "2", "--iteration-finetune", "-1"], ["--iteration-finetune -1"]),
 }
 
 

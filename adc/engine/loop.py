@@ -29,7 +29,7 @@ from adc.analysis.space import PolicySpace
 from adc.engine.callbacks import CallbackList, CheckpointCallback, ProgressCallback, SearchCallback
 from adc.engine.checkpoint import Checkpoint
 from adc.engine.interrupt import DeferredInterrupt
-from adc.engine.options import DATA_CRITERIA, SearchOptions
+from adc.engine.options import DATA_CRITERIA, LABEL_CRITERIA, SearchOptions
 from adc.engine.result import SearchResult
 from adc.engine.selection import MIN_HOLDOUT, select_on_holdout
 from adc.engine.workers import InProcessPool, RayPool, make_pool
@@ -44,8 +44,6 @@ from adc.pruning.pruner import ChannelPruner
 from adc.utils.device import check_device, torch_threads
 from adc.utils.errors import AdcError
 
-ONE_POLICY_AGENTS = ("uniform", "sensitivity")
-"""Strategies that end with a single policy, whatever the episode count."""
 RESUME_MAY_CHANGE = frozenset({"threads", "ray_address", "checkpoint_every", "gpus_per_worker", "eval_batch_size",
                                "cache_dir"})
 """Settings a resumed search may change: they do not change which policies it plays."""
@@ -90,6 +88,7 @@ def episode_record(index: int, info: Mapping[str, Any], wall: float) -> dict[str
         "prune_time": float(timing.get("prune", 0.0)),
         "worker": int(info.get(contract.WORKER, 0)),
         "sigma": agent_info.get("sigma"),
+        "evaluations": agent_info.get("evaluations"),
     }
 
 
@@ -265,9 +264,9 @@ class Search:
             return None, None, False
         cal = calibration_set(self.calibration, bn_count=o.bn_calibration if needs_bn else 0,
                               batch_count=o.calibration_size if wants_batches else 0, seed=o.seed)
-        if o.criterion == "taylor" and not cal.labelled:
-            raise AdcError("criterion 'taylor' needs labelled calibration data: pass a Dataset or DataLoader of "
-                           "(image, label), not a tensor of images")
+        if o.criterion in LABEL_CRITERIA and not cal.labelled:
+            raise AdcError(f"criterion {o.criterion!r} needs labelled calibration data: pass a Dataset or DataLoader "
+                           "of (image, label), not a tensor of images")
         self.calibration_info = {"source": cal.source, "labelled": cal.labelled}
         if needs_bn and cal.bn_count < o.bn_calibration:
             self.note(f"batch-norm recalibration uses {cal.bn_count} calibration images, not the {o.bn_calibration} "
@@ -288,8 +287,8 @@ class Search:
 
     def _note_agent_settings(self) -> None:
         o = self.options
-        if o.agent in ONE_POLICY_AGENTS and o.episodes > 1:
-            spent = "" if o.agent == "uniform" else " (its probes use up to that many evaluations)"
+        if self.agent is not None and self.agent.one_policy and o.episodes > 1:
+            spent = " (its probes use up to that many evaluations)" if self.agent.probes else ""
             self.note(f"agent {o.agent!r} plays one policy: --episodes {o.episodes} sets no episode count{spent}")
         warmup = getattr(self.agent, "warmup", None)
         explore, _, _ = phase_plan(o.episodes, o.workers, self.agent.can_exploit, o.exploit_episodes, o.refine_episodes)

@@ -25,12 +25,11 @@ from adc.analysis.energy import EnergyModel, load_energy_model
 from adc.analysis.timers import RUNTIMES
 from adc.objective.budgets import BudgetSpec, parse_budget
 from adc.objective.rewards import NEEDS_LATENCY, Reward, get_reward
-from adc.pruning.criteria import CRITERIA
+# DATA_CRITERIA: the criteria the search collects calibration batches for (once per search, never per
+# episode); LABEL_CRITERIA: those that need labelled batches. Each criterion declares it when it registers.
+from adc.pruning.criteria import CRITERIA, DATA_CRITERIA, LABEL_CRITERIA  # noqa: F401  (read by the search)
 from adc.utils.device import check_device
 from adc.utils.errors import AdcError
-
-DATA_CRITERIA = frozenset({"taylor", "apoz"})
-"""Criteria that need calibration batches (the others read only the weights)."""
 
 
 def flag(name: str) -> str:

@@ -207,3 +207,21 @@ def resolve_budgets(specs: Iterable[BudgetSpec | str], space: PolicySpace, **con
     if not budgets:
         raise AdcError(f"no budget given; pass at least one, e.g. --budget flops=0.5 (keys: {', '.join(BUDGET_METRICS.names())})")
     return budgets
+
+
+def uniform_kept(space: PolicySpace, budgets: Iterable[Budget]) -> np.ndarray:
+    """Kept channels per unit of the uniform policy (one sparsity for every unit) that comes closest to
+    every budget without exceeding it; the most pruned one when none fits."""
+    budgets = list(budgets)
+
+    def fits(action: float) -> bool:
+        kept = space.kept_of_actions([action] * len(space.units))
+        return all(b.price(kept) <= b.limit * (1 + 1e-9) for b in budgets)
+
+    lo, hi = 0.0, 1.0
+    if fits(0.0):
+        return space.kept_of_actions([0.0] * len(space.units))
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return space.kept_of_actions([hi] * len(space.units))

@@ -28,7 +28,7 @@ from adc.inputs.data import DataSplits, example_input, load_data
 from adc.inputs.models import build_model, load_checkpoint
 from adc.inputs.pretrained import DEFAULT_EPOCHS, ensure_trained, is_trained
 from adc.inputs.training import evaluate
-from adc.pruning.serialization import save
+from adc.pruning.serialization import is_model_file, load, save
 from adc.run.config import RunConfig
 from adc.run.folder import RunFolder
 from adc.run.plots import plot_policy, plot_rewards
@@ -58,9 +58,16 @@ class RunHooks:
 
 
 def load_model(config: RunConfig, splits: DataSplits, hooks: RunHooks | None = None) -> nn.Module:
-    """Build the model and load its weights (training adc's default on first use, with progress)."""
+    """Build the model and load its weights (training adc's default on first use, with progress).
+
+    The checkpoint is a state dict, or a model file of :func:`adc.save` -- a
+    pruned model (a search's ``model.pt``, searched again: iterative pruning)
+    or a sparse-trained one (``adc finetune --model ... --out DIR``).
+    """
     hooks = hooks or RunHooks()
     model = build_model(config.model, num_classes=splits.num_classes, in_channels=splits.in_channels)
+    if config.checkpoint and is_model_file(config.checkpoint):
+        return _load_model_file(config, model)
     if config.checkpoint:
         return load_checkpoint(model, config.checkpoint)
     if config.model.startswith("zoo:"):
@@ -71,6 +78,19 @@ def load_model(config: RunConfig, splits: DataSplits, hooks: RunHooks | None = N
     if config.model.startswith("torchvision:"):
         raise AdcError(f"model {config.model!r} has no trained weights here: pass --checkpoint FILE (a state dict)")
     return model  # a plugin builds its own trained model
+
+
+def _load_model_file(config: RunConfig, built: nn.Module) -> nn.Module:
+    """A checkpoint written by :func:`adc.save` (a pruned or sparse-trained model): rebuilt with its own
+    architecture, which must be the one ``--model`` and the data build."""
+    assert config.checkpoint is not None
+    loaded = load(config.checkpoint)
+    mine, theirs = built.adc_model_spec, getattr(loaded, "adc_model_spec", {})
+    if mine != theirs:
+        raise AdcError(f"--checkpoint {config.checkpoint!r} is an adc model of {theirs.get('spec')!r} with "
+                       f"{theirs.get('num_classes')} classes and {theirs.get('in_channels')} input channels, not of "
+                       f"--model {config.model!r} with {mine['num_classes']} and {mine['in_channels']}")
+    return loaded
 
 
 def default_out() -> Path:
