@@ -15,7 +15,8 @@ import platform
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,14 @@ class Timer:
     def time(self, module: nn.Module, x: torch.Tensor) -> float:
         """Median seconds of ``module(x)``."""
         raise NotImplementedError
+
+    def runner(self, module: nn.Module, x: torch.Tensor) -> Callable[[], float]:
+        """A function returning the median seconds of ``module(x)`` anew at each call, prepared once.
+
+        Side-by-side timings call it round after round; a runtime that must
+        prepare a module first (onnxruntime exports it) does so once here.
+        """
+        return lambda: self.time(module, x)
 
     def key(self) -> dict[str, Any]:
         """What a measurement depends on besides the layer: cache files are keyed by it."""
@@ -108,6 +117,9 @@ class TorchTimer(Timer):
         self.statistic = statistic
 
     def time(self, module: nn.Module, x: torch.Tensor) -> float:
+        return self.runner(module, x)()
+
+    def runner(self, module: nn.Module, x: torch.Tensor) -> Callable[[], float]:
         module = module.to(self.device).eval()
         x = x.to(self.device)
         clock = None
@@ -120,9 +132,13 @@ class TorchTimer(Timer):
                 end.record()
                 torch.cuda.synchronize()
                 return start.elapsed_time(end) / 1000.0
-        with torch_threads(self.threads), torch.inference_mode():
-            return _median_time(lambda: module(x), warmup=self.warmup, repeats=self.repeats,
-                                min_sample=self.min_sample, clock=clock, statistic=self.statistic)
+
+        def run() -> float:
+            with torch_threads(self.threads), torch.inference_mode():
+                return _median_time(lambda: module(x), warmup=self.warmup, repeats=self.repeats,
+                                    min_sample=self.min_sample, clock=clock, statistic=self.statistic)
+
+        return run
 
 
 class OnnxTimer(Timer):
@@ -163,10 +179,13 @@ class OnnxTimer(Timer):
         return self._ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def time(self, module: nn.Module, x: torch.Tensor) -> float:
+        return self.runner(module, x)()
+
+    def runner(self, module: nn.Module, x: torch.Tensor) -> Callable[[], float]:
         session = self.session(module, x)
         feed = {session.get_inputs()[0].name: x.cpu().numpy()}
-        return _median_time(lambda: session.run(None, feed), warmup=self.warmup, repeats=self.repeats,
-                            min_sample=self.min_sample, statistic=self.statistic)
+        return lambda: _median_time(lambda: session.run(None, feed), warmup=self.warmup, repeats=self.repeats,
+                                    min_sample=self.min_sample, statistic=self.statistic)
 
 
 def make_timer(runtime: str = "torch", device: str = "cpu", threads: int | None = None, **options: Any) -> Timer:
@@ -182,20 +201,58 @@ def make_timer(runtime: str = "torch", device: str = "cpu", threads: int | None 
     raise AdcError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
 
 
+@dataclass
+class SideBySide:
+    """Timings of a reference module and of candidates, taken interleaved in the same rounds.
+
+    Attributes:
+        reference_s: Median seconds of the reference over the rounds.
+        candidate_s: Median seconds of each candidate over the rounds.
+        ratios: Per candidate, the median over rounds of ``candidate / reference`` timed in the same round
+            (a burst of load that slows one round slows both sides of its ratio).
+        spread: The relative spread (max / min - 1) of the reference's rounds: how noisy the machine was.
+        spreads: Per candidate, the relative spread of its per-round ratios: how far its ratio can be trusted.
+    """
+
+    reference_s: float
+    candidate_s: list[float]
+    ratios: list[float]
+    spread: float
+    spreads: list[float]
+
+
+def side_by_side(timer: Timer, reference: nn.Module, candidates: Sequence[nn.Module], x: torch.Tensor, *,
+                 rounds: int = 3) -> SideBySide:
+    """Time ``reference`` and every candidate on ``x``, interleaved, ``rounds`` times (order reversed every round).
+
+    Every ratio adc reports about speed is measured this way: both sides in
+    the same process, with the same runtime, threads and input, moments apart.
+    """
+    runners = [timer.runner(reference, x), *[timer.runner(c, x) for c in candidates]]
+    samples: list[list[float]] = [[] for _ in runners]
+    for r in range(max(1, rounds)):
+        order = range(len(runners)) if r % 2 == 0 else reversed(range(len(runners)))
+        for i in order:
+            samples[i].append(max(float(runners[i]()), 1e-12))
+    ref = samples[0]
+    per_round = [[c / a for c, a in zip(cand, ref)] for cand in samples[1:]]
+    return SideBySide(statistics.median(ref), [statistics.median(c) for c in samples[1:]],
+                      [statistics.median(r) for r in per_round], max(ref) / min(ref) - 1.0,
+                      [max(r) / min(r) - 1.0 for r in per_round])
+
+
 def measured_speedup(original: nn.Module, pruned: nn.Module, example_input: torch.Tensor, *, runtime: str = "torch",
-                     device: str = "cpu", threads: int | None = 1, batch: int = 1, rounds: int = 3) -> dict[str, Any]:
+                     device: str = "cpu", threads: int | None = 1, batch: int = 1, rounds: int = 3,
+                     timer: Timer | None = None) -> dict[str, Any]:
     """Time the unpruned and the pruned model side by side (interleaved, ``rounds`` each, median); cheap.
 
     Returns:
-        ``{"original_s", "pruned_s", "speedup", "runtime", "device", "threads", "batch"}``.
+        ``{"original_s", "pruned_s", "speedup", "runtime", "device", "threads", "batch"}``; the speedup is
+        the median over rounds of the per-round ratio.
     """
-    timer = make_timer(runtime, device, threads, warmup=2, repeats=3, min_sample=0.005)
+    timer = timer or make_timer(runtime, device, threads, warmup=2, repeats=3, min_sample=0.005)
     x = example_input[:1].to("cpu").expand(batch, *example_input.shape[1:]).contiguous()
     first, second = copy.deepcopy(original).cpu(), copy.deepcopy(pruned).cpu()
-    a, b = [], []
-    for _ in range(rounds):
-        a.append(timer.time(first, x))
-        b.append(timer.time(second, x))
-    t0, t1 = statistics.median(a), statistics.median(b)
-    return {"original_s": t0, "pruned_s": t1, "speedup": t0 / t1, "runtime": timer.runtime, "device": timer.device,
-            "threads": timer.threads, "batch": batch}
+    timed = side_by_side(timer, first, [second], x, rounds=rounds)
+    return {"original_s": timed.reference_s, "pruned_s": timed.candidate_s[0], "speedup": 1.0 / timed.ratios[0],
+            "runtime": timer.runtime, "device": timer.device, "threads": timer.threads, "batch": batch}
