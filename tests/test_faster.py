@@ -212,19 +212,20 @@ class StubTimer(Timer):
 
 
 class DisagreeingTimer(Timer):
-    """The 'real' runtime: slower than the table says for pruned models (a fixed cost plus params ** 0.8)."""
+    """The 'real' runtime: slower than the table says for pruned models (a fixed cost plus params ** 0.8), or
+    faster (params ** 1.3), or never faster at all (``frozen``)."""
 
     runtime = "real"
     version = "1"
     threads = 1
 
-    def __init__(self, frozen: bool = False) -> None:
-        self.frozen, self.calls = frozen, 0
+    def __init__(self, frozen: bool = False, power: float = 0.8) -> None:
+        self.frozen, self.power, self.calls = frozen, power, 0
 
     def time(self, module: nn.Module, x: torch.Tensor) -> float:
         self.calls += 1
         params = sum(p.numel() for p in module.parameters())
-        return 1e-3 if self.frozen else 1e-6 * (200 + params ** 0.8)
+        return 1e-3 if self.frozen else 1e-6 * (200 + params ** self.power)
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +261,20 @@ def test_a_latency_budget_that_cannot_hold_is_refused_in_one_line(latency_setup)
         adc.search(model, x, evaluate=lambda m: 0.5, budget="latency=0.5", agent="random", episodes=3,
                    latency_table=table, timer=DisagreeingTimer(frozen=True), round_to=1, **NO_CALIBRATION)
     assert "\n" not in str(info.value)
+
+
+def test_a_pessimistic_table_is_corrected_so_the_budget_is_used(latency_setup):
+    model, x, table = latency_setup
+    bigger_is_better = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731 (a stand-in for accuracy)
+    result = adc.search(model, x, evaluate=bigger_is_better, budget="latency=0.5", agent="random", episodes=4,
+                        latency_table=table, timer=DisagreeingTimer(power=1.3), round_to=1, **NO_CALIBRATION)
+    hold = result.latency_hold
+    first = max(m["measured_ratio"] for m in hold["measured"] if m["round"] == 0)
+    assert first < 0.45 and hold["corrections"] and hold["corrections"][0] < 1  # the runtime is faster than predicted
+    assert any(r["phase"] == "latency-use" for r in result.history)
+    measured = result.measured_latency
+    assert measured["holds"] and first < measured["measured_ratio"] <= 0.5 * 1.05  # more of the budget used
+    assert result.metrics["latency_ratio"] > 0.5  # by the table's (pessimistic) account
 
 
 def test_an_agreeing_runtime_keeps_the_search_policy(latency_setup):

@@ -5,7 +5,8 @@ measured latency of that layer *together with the batch norm and activation
 that follow it in the forward pass* (when they do), run in isolation at a grid
 of kept (input, output) channel counts the search can reach: ``points`` counts
 per axis from the smallest kept count (every unit at ``min_keep``) to the full
-width. Layers whose input (or output) channels no unit prunes have a one-point
+width, multiples of the search's ``round_to`` (a runtime that rewards aligned
+counts is timed at the counts its policies have, not at odd ones in between). Layers whose input (or output) channels no unit prunes have a one-point
 axis, depthwise convolutions a single axis (their input and output channels
 are the same channels). Between grid points the latency is bilinearly
 interpolated (linearly extrapolated below the grid); after measuring, the grid

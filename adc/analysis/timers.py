@@ -246,11 +246,14 @@ def measured_speedup(original: nn.Module, pruned: nn.Module, example_input: torc
                      timer: Timer | None = None) -> dict[str, Any]:
     """Time the unpruned and the pruned model side by side (interleaved, ``rounds`` each, median); cheap.
 
+    Each timing is the minimum of a few samples (load on a shared machine only ever adds time), and the
+    speedup is the median over rounds of the per-round ratio.
+
     Returns:
         ``{"original_s", "pruned_s", "speedup", "runtime", "device", "threads", "batch"}``; the speedup is
         the median over rounds of the per-round ratio.
     """
-    timer = timer or make_timer(runtime, device, threads, warmup=2, repeats=3, min_sample=0.005)
+    timer = timer or make_timer(runtime, device, threads, warmup=2, repeats=5, min_sample=0.005, statistic="min")
     x = example_input[:1].to("cpu").expand(batch, *example_input.shape[1:]).contiguous()
     first, second = copy.deepcopy(original).cpu(), copy.deepcopy(pruned).cpu()
     timed = side_by_side(timer, first, [second], x, rounds=rounds)

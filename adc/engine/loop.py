@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from adc.agents import Agent, Refiner, make_agent
-from adc.analysis.alignment import AlignmentProbe, probe_alignment
+from adc.analysis.alignment import probe_alignment
 from adc.analysis.graph import ModelGraph, analyze
 from adc.analysis.latency import LatencyTable, build_latency_table
 from adc.analysis.space import PolicySpace
@@ -144,7 +144,8 @@ class Search:
         self.latency_table = latency_table
         self.table_progress = table_progress
         self.timer = timer
-        self.alignment: AlignmentProbe | None = None
+        self._ratio_timer: Timer | None = None
+        self.alignment: dict[str, Any] | None = None  # the probe's measurements and choice (round_to auto)
         self.round_to: int | None = None
         self.points: list[BudgetSpec | None] = options.front.points() if options.front else [None]
         self.point_budgets: list[list[Budget]] = []
@@ -186,6 +187,8 @@ class Search:
         settings = {k: v for k, v in self.options.fields().items() if k not in RESUME_MAY_CHANGE}
         if self.round_to is not None:
             settings["resolved_round_to"] = self.round_to
+            if self.alignment is not None:
+                settings["alignment"] = self.alignment
         return settings
 
     @property
@@ -226,7 +229,6 @@ class Search:
         evaluate = EvaluationCache(self.pool.evaluate) if self.front else self.pool.evaluate
         for task in self.tasks:
             task.evaluate_many = evaluate
-        self._evaluate = evaluate
         if self._holdout_score is not None:
             self.pool.add_score("holdout", self._holdout_score, "the held-out validation images")
             self._holdout = True
@@ -256,11 +258,22 @@ class Search:
     # -- rounding, space, latency table, budgets ------------------------------------------
 
     def _timer(self) -> Timer:
-        """The timer of the probe, the table and the measured check (made once)."""
-        if self.timer is None:
+        """The latency table's timer: the one given, else the search's runtime (median of each timing's samples)."""
+        o = self.options
+        return self.timer or make_timer(o.runtime, o.device, o.threads)
+
+    def _side_by_side_timer(self) -> Timer:
+        """The probe's and the measured check's timer: the one given, else the minimum of each timing's samples.
+
+        Those compare models timed moments apart; load on a shared machine only ever adds time, so the
+        minimum is the steadiest statistic for a ratio.
+        """
+        if self.timer is not None:
+            return self.timer
+        if self._ratio_timer is None:
             o = self.options
-            self.timer = make_timer(o.runtime, o.device, o.threads)
-        return self.timer
+            self._ratio_timer = make_timer(o.runtime, o.device, o.threads, statistic="min")
+        return self._ratio_timer
 
     def _space(self, graph: ModelGraph) -> PolicySpace:
         """Resolve ``round_to`` (probe when ``auto``), build the space and the latency table, resolve every point's budgets.
@@ -295,15 +308,14 @@ class Search:
         o = self.options
         if isinstance(o.round_to, int):
             return [o.round_to]
-        if self._saved_round_to is not None:
+        if self._saved_round_to is not None:  # a resumed search keeps the rounding its first part measured
             return [self._saved_round_to]
         assert self._shapes is not None
-        # The minimum of each timing's samples: load on a shared machine only ever adds time.
-        timer = self.timer or make_timer(o.runtime, o.device, o.threads, statistic="min")
-        self.alignment = probe_alignment(self.model, self.example_input, graph, prune_to=self._shapes.prune_kept,
-                                         timer=timer, batch=o.latency_batch, cache_dir=o.cache_dir)
-        self.note(f"round_to auto chose {self.alignment.choice}: {self.alignment.reason()}")
-        return self.alignment.preference()
+        probe = probe_alignment(self.model, self.example_input, graph, prune_to=self._shapes.prune_kept,
+                                timer=self._side_by_side_timer(), batch=o.latency_batch, cache_dir=o.cache_dir)
+        self.alignment = probe.as_dict()
+        self.note(f"round_to auto chose {probe.choice}: {probe.reason()}")
+        return probe.preference()
 
     def _load_history(self) -> None:
         if self.checkpoint is None:
@@ -312,6 +324,7 @@ class Search:
         saved = self.checkpoint.settings()
         if isinstance(saved.get("resolved_round_to"), int):
             self._saved_round_to = int(saved["resolved_round_to"])
+            self.alignment = saved.get("alignment")
         mine = self.checkpoint_settings()
         for key, value in mine.items():
             if key in saved and saved[key] != _jsonable(value):
@@ -502,7 +515,10 @@ class Search:
                                                   top=o.select_top)
                 chosen = (self.history[selection[0]["episode"]] if selection
                           else max(pool_records, key=lambda r: r["reward"]))
-                assert task.fits(kept_of(chosen, names))
+                # Every budget holds: by the exact costs, and a latency budget by measurement (the table may disagree).
+                kept = kept_of(chosen, names)
+                assert all(b.price(kept) <= b.limit * (1 + 1e-9) for b in task.budgets
+                           if hold is None or b.key != "latency")
                 self.choices.append({"point": i, "record": chosen, "selection": selection,
                                      "latency_hold": hold.as_dict() if hold is not None else None})
 
@@ -512,7 +528,7 @@ class Search:
         spec = next((b for b in o.budgets_at(self.points[i]) if b.key == "latency"), None)
         if spec is None:
             return None
-        timer = self._timer()
+        timer = self._side_by_side_timer()
         info = {"runtime": timer.runtime, "device": timer.device, "threads": timer.threads, "batch": o.latency_batch}
         return hold_latency(task, self.history, budget_text=str(spec), relative=spec.relative,
                             top=max(3, o.select_top), measure=self._measure, evaluate=self._evaluate_new(i), info=info)
@@ -522,7 +538,7 @@ class Search:
         assert self._shapes is not None
         x = self.example_input[:1].expand(self.options.latency_batch, *self.example_input.shape[1:]).contiguous()
         models = [self._shapes.prune_kept(k).eval() for k in kepts]
-        return side_by_side(self._timer(), copy.deepcopy(self.model), models, x, rounds=3)
+        return side_by_side(self._side_by_side_timer(), copy.deepcopy(self.model), models, x, rounds=3)
 
     def _evaluate_new(self, i: int) -> Callable[[list[tuple[Any, list[float]]], str], list[dict[str, Any]]]:
         """Scores (kept, actions) pairs found after the search (re-clipped policies) into new history records."""
@@ -581,7 +597,7 @@ class Search:
             graph=self.task.space.graph, interrupted=self.interrupted, failure=self.failure,
             selection=choice["selection"], episode=int(chosen["episode"]), notes=list(self.notes),
             calibration=dict(self.calibration_info), budget=budget,
-            alignment=self.alignment.as_dict() if self.alignment is not None else None,
+            alignment=self.alignment,
             latency_hold=choice["latency_hold"], point=str(point) if point is not None else None,
             _evaluator=self.task.evaluator)
 

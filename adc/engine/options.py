@@ -102,7 +102,9 @@ class SearchOptions:
     """Every setting of one search (see the README for each flag).
 
     Attributes:
-        budget: ``["flops=0.5", "params=1.5M"]`` or ``{"flops": 0.5}``; parsed into :attr:`budgets`.
+        budget: ``["flops=0.5", "params=1.5M"]`` or ``{"flops": 0.5}``; parsed into :attr:`budgets`. One budget
+            may be a range of fractions, ``latency=0.3:0.9[:STEP]``: the search then hands back a front of models
+            (:attr:`front`, :mod:`adc.engine.front`).
         agent: Name in :data:`adc.agents.AGENTS`.
         episodes: Episodes in all (a learning agent's last tenth exploit, the tenth before refines).
         criterion: Channel criterion (:data:`adc.pruning.criteria.CRITERIA`).

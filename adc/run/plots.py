@@ -42,7 +42,8 @@ def plot_rewards(path: Path, history: list[dict[str, Any]]) -> Path:
         episodes = [r["episode"] for r in history]
         rewards = [r["reward"] for r in history]
         best = [max(rewards[: i + 1]) for i in range(len(rewards))]
-        colors = {"uniform": "black", "warmup": "tab:gray", "explore": "tab:blue", "exploit": "tab:green", "refine": "tab:orange"}
+        colors = {"uniform": "black", "warmup": "tab:gray", "explore": "tab:blue", "exploit": "tab:green", "refine": "tab:orange",
+                  "latency-fit": "tab:purple", "latency-use": "tab:brown"}
         for phase, color in colors.items():
             xs = [e for e, r in zip(episodes, history) if r["phase"] == phase]
             ys = [v for v, r in zip(rewards, history) if r["phase"] == phase]

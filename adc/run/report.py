@@ -52,7 +52,11 @@ def _result_lines(result: SearchResult, counted: Mapping[str, float], test: Mapp
         lines.append(f"Latency predicted by the table: {seconds(o['original_latency'])} -> {seconds(m['latency'])} "
                      f"({m['latency'] / o['original_latency']:.4f}){also}.")
     use = result.history[result.episode]["budget_use"] if 0 <= result.episode < len(result.history) else {}
-    lines += ["", "Budget use of the chosen policy (cost / limit): " + ", ".join(f"{k} {v:.4f}" for k, v in use.items()), ""]
+    measured = result.measured_latency
+    held = (f" (latency by the table's prediction; measured: {measured['measured'] / result.latency_hold['limit']:.4f})"
+            if measured and result.latency_hold else "")
+    lines += ["", "Budget use of the chosen policy (cost / limit): " + ", ".join(f"{k} {v:.4f}" for k, v in use.items())
+              + held, ""]
     return lines
 
 
@@ -61,7 +65,8 @@ def speed_lines(speeds: Sequence[Mapping[str, Any]], flops_ratio: float) -> list
     if not speeds:
         return []
     lines = ["## Measured speed", "",
-             "Unpruned vs the saved pruned model, timed side by side in this run (interleaved rounds, median ratio), "
+             "Unpruned vs the saved pruned model, timed side by side in this run (interleaved rounds, each timing the "
+             "fastest of a few samples, the median of the per-round ratios), "
              f"for {1 / flops_ratio:.2f}x fewer FLOPs:", ""]
     for s in speeds:
         kind = f" ({s['kind']})" if s.get("kind") else ""
@@ -107,9 +112,11 @@ def _latency_lines(result: SearchResult) -> list[str]:
              f"{info.get('batch', 1)}, side by side with the unpruned model ({seconds(hold['original_s'])}); "
              "a candidate holds the budget when its measured latency is within 5% of it or below."]
     if hold["corrections"]:
-        lines.append("No candidate held it as predicted; the budget the clipping uses was tightened by the measured / "
-                     "predicted factor (" + ", ".join(f"{c:.3f}" for c in hold["corrections"]) + ") and the best "
-                     "policies re-clipped, evaluated and measured again (phase `latency-fit` in the history).")
+        lines.append("The measurements disagreed with the table: the limit the clipping uses was divided by the "
+                     "measured / predicted factor (" + ", ".join(f"{c:.3f}" for c in hold["corrections"]) + ") and "
+                     "the best policies re-clipped, evaluated and measured again (phase `latency-fit` in the history "
+                     "when no candidate held the budget, `latency-use` when the best one left more than a tenth of "
+                     "it unused).")
     if chosen:
         lines.append(f"The chosen policy: predicted {chosen['predicted_ratio']:.3f}, measured "
                      f"{chosen['measured_ratio']:.3f} of the unpruned model's latency.")
