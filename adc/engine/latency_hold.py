@@ -183,8 +183,8 @@ def hold_latency(task: ModelTask, history: Sequence[dict[str, Any]], *, budget_t
                 else seconds(best["measured"]))
         raise AdcError(f"budget {budget_text} does not hold when measured: after {ROUNDS} corrections the fastest of "
                        f"{len(hold.measured)} candidates measured {what} in {hold.info.get('runtime', '?')} at batch "
-                       f"{hold.info.get('batch', 1)} (predicted {best['predicted_ratio']:.3f}); give a looser budget, "
-                       "--round-to auto, or time on a quieter machine")
+                       f"{hold.info.get('batch', 1)} (the table predicted {best['predicted_ratio']:.3f}); give a "
+                       "budget above that, or time on a quieter machine")
     holding = [m for m in hold.measured if m["holds"]]
     chosen = max(holding, key=lambda m: by_episode[m["episode"]]["reward"])
     if chosen["measured"] < hold.limit * (1 - SLACK):

@@ -501,7 +501,13 @@ class Search:
         self.choices = []
         with torch_threads(o.threads):
             for i, task in enumerate(self.tasks):
-                hold = self._hold_latency(i, task) if self.failure is None else None
+                try:
+                    hold = self._hold_latency(i, task) if self.failure is None else None
+                except AdcError as exc:
+                    if not self.front:
+                        raise
+                    self.note(f"front point {self.points[i]} dropped: {exc}")
+                    continue
                 names = [u.name for u in task.units]
                 pool_records = fitting(self.history, task)
                 if hold is not None:
@@ -571,7 +577,9 @@ class Search:
         choices = self.choices or self._unmeasured_choices()
         results = [self._result_of(c) for c in choices]
         if not results:
-            raise AdcError("no evaluated policy fits the budget; nothing to report")
+            dropped = " ".join(n for n in self.notes if n.startswith("front point"))
+            raise AdcError(f"no point of the front {self.options.front} holds its budget: {dropped}" if dropped
+                           else "no evaluated policy fits the budget; nothing to report")
         result = results[-1]
         if self.front:
             result.front = results

@@ -202,7 +202,7 @@ def write_front(folder: RunFolder, result: SearchResult, model: nn.Module, x: to
                      "holds": None if hold is None else bool(hold["holds"]), "model": f"{path.parent.name}/{path.name}",
                      f"{o.front.key}_ratio": point.metrics.get(f"{o.front.key}_ratio")})
     try:
-        timer = make_timer(o.runtime, o.device, o.threads)
+        timer = make_timer(o.runtime, o.device, o.threads, statistic="min")
         xb = x[:1].to("cpu").expand(o.latency_batch, *x.shape[1:]).contiguous()
         timed = side_by_side(timer, copy.deepcopy(model).to("cpu"), models, xb, rounds=3)
         for row, ratio in zip(rows, timed.ratios):
