@@ -11,6 +11,9 @@ with the unpruned model in this process, in torch and in onnxruntime, batch 1, o
 - ``latency=0.5`` searched for torch and for onnxruntime: the table's prediction, the search's own measured check,
   and this benchmark's measurement of the model handed back.
 
+Zoo rows are searched (``--agent``, ``--episodes``); torchvision rows, with random weights, take the uniform policy
+that meets the budget (every policy scores the same without trained weights).
+
 Models: adc's zoo ``plain20``, ``resnet20`` and ``mobilenet`` at Fashion-MNIST size (1x28x28, 10 classes; the
 trained references of :func:`benchmarks.run.load_reference`, so the search's accuracy is reported), and
 torchvision's ``resnet18``, ``mobilenet_v2`` and ``efficientnet_b0`` (3xSxS, 1000 classes) with random weights:
@@ -122,7 +125,10 @@ def run_row(models: Models, spec: str, budget: str, round_to: Any, runtime: str,
     from adc.inputs.training import evaluate
 
     model, x, splits = models.get(spec)
-    options = dict(budget=budget, agent=settings.agent, episodes=settings.episodes, round_to=round_to,
+    # Random weights score nothing: a search among policies of equal reward is pointless, so the torchvision
+    # rows take the uniform policy that meets the budget (speed is all they measure).
+    agent, episodes = (settings.agent, settings.episodes) if splits is not None else ("uniform", 1)
+    options = dict(budget=budget, agent=agent, episodes=episodes, round_to=round_to,
                    runtime=runtime, threads=settings.threads, cache_dir=str(cache_dir / "latency"), select_top=0)
     started = time.perf_counter()
     row: dict[str, Any] = {"model": spec, "input": "x".join(map(str, x.shape[1:])), "budget": budget,
@@ -134,7 +140,7 @@ def run_row(models: Models, spec: str, budget: str, round_to: Any, runtime: str,
         else:  # random weights: speed only; no data, no accuracy
             result = adc.search(model, x, evaluate=lambda m: 0.0, bn_calibration=0, reconstruct=False, **options)
     except AdcError as exc:
-        row.update({"error": one_line(exc), "search_s": time.perf_counter() - started})
+        row.update({"error": one_line(exc, 400), "search_s": time.perf_counter() - started})
         return row
     pruned = result.prune()
     row.update({"search_s": time.perf_counter() - started, "round_to": result.round_to,
@@ -211,10 +217,11 @@ def write_results(rows: list[dict[str, Any]], settings: Settings, md: Path, wall
         "# Measured speedups of pruned models",
         "",
         f"`{command}` — {wall / 60:.1f} min on {platform.processor() or platform.machine()}, torch {torch_version}, "
-        f"onnxruntime {ort_version}, {settings.threads} thread(s), batch 1. Agent `{settings.agent}`, "
-        f"{settings.episodes} episode(s) per search. Zoo models at 1x28x28 (Fashion-MNIST references trained "
-        f"{settings.train_epochs} epoch(s)); torchvision models at 3x{settings.size}x{settings.size} with random "
-        "weights: speed depends on the shapes, not on the weights' values, so they have no accuracy.",
+        f"onnxruntime {ort_version}, {settings.threads} thread(s), batch 1. Zoo models at 1x28x28 (Fashion-MNIST "
+        f"references trained {settings.train_epochs} epoch(s)), searched by agent `{settings.agent}` with "
+        f"{settings.episodes} episode(s); torchvision models at 3x{settings.size}x{settings.size} with random "
+        "weights, pruned by the uniform policy that meets the budget: speed depends on the shapes, not on the "
+        "weights' values, so they have no accuracy (and a search among equal rewards would be pointless).",
         "",
         "Every ratio is measured side by side with the unpruned model in this run (interleaved rounds, median "
         f"of {settings.rounds} per-round ratios). *predicted*: the latency table's prediction for the policy; "
@@ -278,7 +285,7 @@ def main() -> None:
                   flush=True)
         rows.append(row)
     wall = time.perf_counter() - started
-    command = "python -m benchmarks.speedup" + (" --smoke" if args.smoke else "")
+    command = " ".join(["python -m benchmarks.speedup", *sys.argv[1:]])
     md = (cache / "speedup.md") if args.smoke else (HERE / "results" / "speedup.md")
     write_results(rows, settings, md, wall, command)
     times = [r.get("search_s", 0.0) for r in rows]

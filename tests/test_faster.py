@@ -188,6 +188,23 @@ def test_auto_resolves_to_an_integer_before_the_space_and_an_integer_keeps_today
     assert [r["kept"] for r in again.history] == [r["kept"] for r in plain.history]
 
 
+def test_a_resumed_auto_search_keeps_the_rounding_it_measured(tmp_path):
+    model, x = small_cnn(), torch.randn(1, 3, 8, 8)
+    common = dict(evaluate=lambda m: 0.5, budget={"flops": 0.5}, agent="random", episodes=4, checkpoint_every=1,
+                  out=tmp_path / "run", **NO_CALIBRATION)
+
+    def stop_at_2(record, best):
+        if record["episode"] == 1:
+            raise KeyboardInterrupt
+
+    first = adc.search(model, x, timer=AlignedTimer(8), cache_dir=str(tmp_path / "a"), progress=stop_at_2, **common)
+    assert first.interrupted and first.round_to == 8
+    other = AlignedTimer(16)  # a machine that would now measure another multiple: the resumed search keeps 8
+    resumed = adc.search(model, x, timer=other, cache_dir=str(tmp_path / "b"), resume=True, **common)
+    assert other.calls == 0 and resumed.round_to == 8 and resumed.alignment["choice"] == 8
+    assert len(resumed.history) == 4
+
+
 def test_auto_falls_back_to_a_finer_multiple_when_the_budget_needs_it(tmp_path):
     model, x = wide_cnn(), torch.randn(1, 3, 8, 8)
     # With 32, every unit keeps at least 32 channels: 0.02 of the MACs is out of reach; 16 reaches it.

@@ -185,22 +185,33 @@ def hold_latency(task: ModelTask, history: Sequence[dict[str, Any]], *, budget_t
                        f"{len(hold.measured)} candidates measured {what} in {hold.info.get('runtime', '?')} at batch "
                        f"{hold.info.get('batch', 1)} (the table predicted {best['predicted_ratio']:.3f}); give a "
                        "budget above that, or time on a quieter machine")
+    _use_slack(hold, task, candidates, by_episode, evaluate, judge)
+    return hold
+
+
+def _use_slack(hold: LatencyHold, task: ModelTask, candidates: Sequence[dict[str, Any]],
+               by_episode: dict[int, dict[str, Any]], evaluate: Evaluate,
+               judge: Callable[[list[dict[str, Any]], int], list[float]]) -> None:
+    """Loosen the limit when the best holding candidate leaves more than :data:`SLACK` of the budget unused.
+
+    Aims a little under the budget (measured and predicted latency are rarely exactly proportional); if
+    nothing replayed there holds, tries half way back once.
+    """
+    budget = _latency_budget(task)
     holding = [m for m in hold.measured if m["holds"]]
     chosen = max(holding, key=lambda m: by_episode[m["episode"]]["reward"])
-    if chosen["measured"] < hold.limit * (1 - SLACK):
-        # Aim a little under the budget (the relation is rarely exactly proportional); if nothing replayed there
-        # holds, try half way back once.
-        correction = statistics.median(m["measured"] / max(m["predicted"], 1e-15) for m in holding)
-        target = min(budget.limit * (1 - TOLERANCE / 2) / max(correction, 1e-3), budget.original * (1 - 1e-6))
-        for limit in (target, (target + budget.limit) / 2):
-            if limit <= budget.limit:
-                break
-            hold.corrections.append(float(budget.limit / limit))
-            before = len(hold.holding())
-            judge(_replay(task, candidates, limit, evaluate, "latency-use"), len(hold.corrections))
-            if len(hold.holding()) > before:
-                break
-    return hold
+    if chosen["measured"] >= hold.limit * (1 - SLACK):
+        return
+    correction = statistics.median(m["measured"] / max(m["predicted"], 1e-15) for m in holding)
+    target = min(budget.limit * (1 - TOLERANCE / 2) / max(correction, 1e-3), budget.original * (1 - 1e-6))
+    for limit in (target, (target + budget.limit) / 2):
+        if limit <= budget.limit:
+            return
+        hold.corrections.append(float(budget.limit / limit))
+        before = len(hold.holding())
+        judge(_replay(task, candidates, limit, evaluate, "latency-use"), len(hold.corrections))
+        if len(hold.holding()) > before:
+            return
 
 
 def _kept(record: dict[str, Any], names: Sequence[str]) -> np.ndarray:
