@@ -254,7 +254,7 @@ def latency_setup(tmp_path_factory):
     return model, x, table
 
 
-def test_a_latency_budget_holds_when_measured_even_when_the_table_disagrees(latency_setup):
+def test_a_latency_budget_holds_when_measured_even_when_the_table_disagrees(latency_setup, tmp_path):
     model, x, table = latency_setup
     timer = DisagreeingTimer()
     result = adc.search(model, x, evaluate=lambda m: 0.5, budget="latency=0.5", agent="random", episodes=6,
@@ -270,6 +270,12 @@ def test_a_latency_budget_holds_when_measured_even_when_the_table_disagrees(late
     timed = side_by_side(timer, model, [result.prune()], x, rounds=1)
     assert timed.ratios[0] <= 0.5 * 1.05
     assert result.metrics["latency_ratio"] < 0.5  # the table's own prediction was tightened
+    from adc.run.report import write_report
+
+    text = write_report(tmp_path / "report.md", result=result, settings={}, counted={"flops": 1.0, "params": 1.0}).read_text()
+    assert "## Latency budget, measured" in text and f"| {result.episode} (chosen) |" in text
+    assert f"measured {measured['measured_ratio']:.3f} of the unpruned model's latency" in text
+    assert "predicted / unpruned | measured / unpruned" in text and "latency-fit" in text
 
 
 def test_a_latency_budget_that_cannot_hold_is_refused_in_one_line(latency_setup):

@@ -26,11 +26,12 @@ The choice prefers the smaller multiple, which leaves the search more
 policies: it is the smallest eligible multiple whose efficiency is within a
 tolerance of the best one. The tolerance is 5% or the timing noise measured
 during the probe, whichever is larger (the noise is the median, over the
-copies, of the relative spread of a copy's per-round speed ratios to the
-unpruned model), so a larger multiple is chosen only when it is clearly
-faster, not because one timing was lucky. The engine times the probe with
-the minimum of each timing's samples (the steadiest statistic on a machine
-shared with other work: load only ever adds time).
+copies, of half the relative spread of a copy's per-round speed ratios to
+the unpruned model), so a larger multiple is chosen only when it is clearly
+faster, not because one timing was lucky. When the noise is above 5%, two
+more rounds are timed and the median of all five ratios taken. The engine
+times the probe with the minimum of each timing's samples (the steadiest
+statistic on a machine shared with other work: load only ever adds time).
 
 The measurements are cached beside the latency table (:func:`default_cache_dir`),
 one JSON file per timer key (runtime and version, device, threads), model
@@ -69,6 +70,8 @@ PROBE_FRACTIONS = (0.5, 0.3)
 """MAC fractions of the probe's uniformly pruned copies."""
 MIN_GAIN = 0.05
 """A larger multiple must be at least this much (or the measured noise, if larger) more efficient to be chosen."""
+NOISY = 0.05
+"""Measured noise above which the probe times two more rounds (the median of 5 ratios, not of 3)."""
 REACH = 0.1
 """A multiple is eligible when its uniform policies come this close to every probe fraction."""
 CACHE_FORMAT = "adc-alignment/1"
@@ -128,7 +131,7 @@ class AlignmentProbe:
         mac_fractions: Per multiple, the MAC fraction its uniform policy reached at each probe fraction.
         speedups: Per multiple, the measured speedup over the unpruned model at each probe fraction.
         efficiency: Per multiple, the geometric mean of speedup x MAC fraction (None: not eligible).
-        noise: The median relative spread of the copies' per-round speed ratios.
+        noise: Half the relative spread of a copy's per-round speed ratios, the median over the copies.
         tolerance: ``max(MIN_GAIN, noise)``.
         info: Runtime, device, threads, batch, input shape, cache file.
         measurements: Models timed by this probe (0 when it came from the cache).
@@ -288,8 +291,16 @@ def _measure(model: nn.Module, example_input: torch.Tensor, kepts: dict[tuple[in
         distinct.setdefault(tuple(int(k) for k in kept), len(distinct))
     models = [prune_to(np.array(k, dtype=np.float64)).eval() for k in distinct]
     x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
-    timed = side_by_side(timer, model, models, x, rounds=rounds)
-    speedups = {m: [1.0 / timed.ratios[distinct[tuple(int(k) for k in kepts[m, f])]] for f in fractions]
+    per_round = side_by_side(timer, model, models, x, rounds=rounds).per_round
+    if _noise(per_round) > NOISY:  # a busy machine: two more rounds, and the median of all
+        more = side_by_side(timer, model, models, x, rounds=2).per_round
+        per_round = [a + b for a, b in zip(per_round, more)]
+    ratios = [statistics.median(r) for r in per_round]
+    speedups = {m: [1.0 / ratios[distinct[tuple(int(k) for k in kepts[m, f])]] for f in fractions]
                 for m in candidates}
-    noise = statistics.median(timed.spreads) if timed.spreads else 0.0
-    return speedups, float(noise), len(models) + 1
+    return speedups, _noise(per_round), len(models) + 1
+
+
+def _noise(per_round: list[list[float]]) -> float:
+    """Half the relative spread of a copy's per-round ratios, the median over the copies: one round's typical error."""
+    return float(statistics.median([(max(r) / min(r) - 1.0) / 2 for r in per_round])) if per_round else 0.0

@@ -1,9 +1,20 @@
 """Timing a module: the median seconds of one forward pass, in PyTorch (CPU or CUDA events) or onnxruntime.
 
 Used by the latency lookup table (:mod:`adc.analysis.latency`), the
-channel-alignment probe and the measured speedups of every report. A timer's
-:meth:`Timer.key` (runtime and version, device, threads, statistic) keys every
-cache of measurements. Tests substitute a deterministic timer.
+channel-alignment probe (:mod:`adc.analysis.alignment`), the measured check
+of latency budgets and the measured speedups of every report. A timer's
+:meth:`Timer.key` (runtime and version, device, threads, statistic, clock)
+keys every cache of measurements. Tests substitute a deterministic timer.
+
+With one CPU thread a timer reads the process's CPU time, not the elapsed
+time: on a machine shared with other work, other processes taking turns on
+the core add their time to every elapsed timing (on 2 busy cores, speed
+ratios of the same two models ranged 1.1-2.8x by elapsed time and 1.75-1.76x
+by CPU time), while a single-threaded forward pass that is not interrupted
+takes the same CPU time as elapsed time. Several threads, or a GPU, are timed
+by elapsed time (CUDA events). Ratios are measured side by side
+(:func:`side_by_side`): the reference and the candidates interleaved, round
+after round.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +38,9 @@ from adc.utils.device import check_device, torch_threads
 from adc.utils.errors import AdcError
 
 RUNTIMES = ("torch", "onnxruntime")
+CLOCKS = ("auto", "wall", "cpu")
+"""``wall``: elapsed time; ``cpu``: the process's CPU time (one thread: the latency on an idle core, unaffected by
+other processes taking turns on it); ``auto``: ``cpu`` with one thread on the CPU, else ``wall``."""
 
 
 def _cpu_name() -> str:
@@ -69,7 +83,35 @@ class Timer:
         key = {"runtime": self.runtime, "version": self.version, "device": device, "threads": int(self.threads)}
         if getattr(self, "statistic", "median") != "median":
             key["statistic"] = self.statistic
+        if getattr(self, "clock", "wall") != "wall":
+            key["clock"] = self.clock
         return key
+
+    def _configure(self, *, warmup: int, repeats: int, min_sample: float, statistic: str,
+                   max_seconds: float | None, clock: str) -> None:
+        """Store the sampling settings (after ``device`` and ``threads``); resolve ``clock``."""
+        if statistic not in ("median", "min"):
+            raise AdcError(f"timing statistic {statistic!r}: valid: median, min")
+        if clock not in CLOCKS:
+            raise AdcError(f"timing clock {clock!r}: valid: {', '.join(CLOCKS)}")
+        self.warmup, self.repeats, self.min_sample = warmup, repeats, min_sample
+        self.statistic, self.max_seconds = statistic, max_seconds
+        on_cpu = not self.device.startswith("cuda")
+        if clock == "cpu" and not on_cpu:
+            raise AdcError(f"timing clock 'cpu' times the CPU; {self.device} is timed with CUDA events")
+        self.clock = "cpu" if on_cpu and (clock == "cpu" or (clock == "auto" and self.threads == 1)) else "wall"
+
+    def _cpu_clock(self) -> Callable[[Callable[[], Any], int], float] | None:
+        """The process's CPU time when ``clock`` is ``cpu``, else None (wall time)."""
+        return _process_time if getattr(self, "clock", "wall") == "cpu" else None
+
+
+def _process_time(fn: Callable[[], Any], n: int) -> float:
+    """CPU seconds this process spends on ``n`` calls: with one thread, the latency on an idle core."""
+    t0 = time.process_time()
+    for _ in range(n):
+        fn()
+    return time.process_time() - t0
 
 
 def _median_time(run: Callable[[], Any], *, warmup: int, repeats: int, min_sample: float,
@@ -111,21 +153,21 @@ class TorchTimer(Timer):
         statistic: ``median`` of the samples (default) or ``min`` (steadier on a
             machine shared with other work).
         max_seconds: Stop sampling once the samples lasted this long (at least 3; None: all ``repeats``).
+        clock: ``auto`` (default: the process's CPU time with one CPU thread, where other processes taking
+            turns on the core would otherwise add their time; elapsed time otherwise), ``wall`` or ``cpu``.
     """
 
     runtime = "torch"
 
     def __init__(self, device: str = "cpu", threads: int | None = None, *, warmup: int = 3, repeats: int = 7,
-                 min_sample: float = 0.002, statistic: str = "median", max_seconds: float | None = None) -> None:
+                 min_sample: float = 0.002, statistic: str = "median", max_seconds: float | None = None,
+                 clock: str = "auto") -> None:
         check_device(device)
-        self.max_seconds = max_seconds
         self.device = device
         self.threads = int(threads or torch.get_num_threads())
         self.version = torch.__version__
-        self.warmup, self.repeats, self.min_sample = warmup, repeats, min_sample
-        if statistic not in ("median", "min"):
-            raise AdcError(f"timing statistic {statistic!r}: valid: median, min")
-        self.statistic = statistic
+        self._configure(warmup=warmup, repeats=repeats, min_sample=min_sample, statistic=statistic,
+                        max_seconds=max_seconds, clock=clock)
 
     def time(self, module: nn.Module, x: torch.Tensor) -> float:
         return self.runner(module, x)()
@@ -133,7 +175,7 @@ class TorchTimer(Timer):
     def runner(self, module: nn.Module, x: torch.Tensor) -> Callable[[], float]:
         module = module.to(self.device).eval()
         x = x.to(self.device)
-        clock = None
+        clock = self._cpu_clock()
         if self.device.startswith("cuda"):
             def clock(fn: Callable[[], Any], n: int) -> float:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -154,14 +196,17 @@ class TorchTimer(Timer):
 
 
 class OnnxTimer(Timer):
-    """onnxruntime on the CPU (all graph optimisations, ``threads`` intra-op threads); the module is exported to ONNX first."""
+    """onnxruntime on the CPU (all graph optimisations, ``threads`` intra-op threads); the module is exported to ONNX first.
+
+    Arguments as :class:`TorchTimer`'s.
+    """
 
     runtime = "onnxruntime"
 
     def __init__(self, device: str = "cpu", threads: int | None = None, *, warmup: int = 3, repeats: int = 7,
-                 min_sample: float = 0.002, statistic: str = "median", max_seconds: float | None = None) -> None:
+                 min_sample: float = 0.002, statistic: str = "median", max_seconds: float | None = None,
+                 clock: str = "auto") -> None:
         check_device(device)
-        self.max_seconds = max_seconds
         if device != "cpu":
             raise AdcError(f"--runtime onnxruntime measures on the CPU only; got --device {device!r} (use --runtime torch for cuda)")
         try:
@@ -172,10 +217,8 @@ class OnnxTimer(Timer):
         self.device = "cpu"
         self.threads = int(threads or torch.get_num_threads())
         self.version = ort.__version__
-        self.warmup, self.repeats, self.min_sample = warmup, repeats, min_sample
-        if statistic not in ("median", "min"):
-            raise AdcError(f"timing statistic {statistic!r}: valid: median, min")
-        self.statistic = statistic
+        self._configure(warmup=warmup, repeats=repeats, min_sample=min_sample, statistic=statistic,
+                        max_seconds=max_seconds, clock=clock)
 
     def session(self, module: nn.Module, x: torch.Tensor) -> Any:
         """An onnxruntime session running ``module`` (exported at ``x``'s shape)."""
@@ -198,7 +241,8 @@ class OnnxTimer(Timer):
         session = self.session(module, x)
         feed = {session.get_inputs()[0].name: x.cpu().numpy()}
         return lambda: _median_time(lambda: session.run(None, feed), warmup=self.warmup, repeats=self.repeats,
-                                    min_sample=self.min_sample, statistic=self.statistic, max_seconds=self.max_seconds)
+                                    min_sample=self.min_sample, clock=self._cpu_clock(), statistic=self.statistic,
+                                    max_seconds=self.max_seconds)
 
 
 def make_timer(runtime: str = "torch", device: str = "cpu", threads: int | None = None, **options: Any) -> Timer:
@@ -225,6 +269,7 @@ class SideBySide:
             (a burst of load that slows one round slows both sides of its ratio).
         spread: The relative spread (max / min - 1) of the reference's rounds: how noisy the machine was.
         spreads: Per candidate, the relative spread of its per-round ratios: how far its ratio can be trusted.
+        per_round: Per candidate, its ratio in each round.
     """
 
     reference_s: float
@@ -232,6 +277,7 @@ class SideBySide:
     ratios: list[float]
     spread: float
     spreads: list[float]
+    per_round: list[list[float]] = field(default_factory=list)
 
 
 def side_by_side(timer: Timer, reference: nn.Module, candidates: Sequence[nn.Module], x: torch.Tensor, *,
@@ -251,7 +297,7 @@ def side_by_side(timer: Timer, reference: nn.Module, candidates: Sequence[nn.Mod
     per_round = [[c / a for c, a in zip(cand, ref)] for cand in samples[1:]]
     return SideBySide(statistics.median(ref), [statistics.median(c) for c in samples[1:]],
                       [statistics.median(r) for r in per_round], max(ref) / min(ref) - 1.0,
-                      [max(r) / min(r) - 1.0 for r in per_round])
+                      [max(r) / min(r) - 1.0 for r in per_round], per_round)
 
 
 def measured_speedup(original: nn.Module, pruned: nn.Module, example_input: torch.Tensor, *, runtime: str = "torch",
@@ -263,8 +309,8 @@ def measured_speedup(original: nn.Module, pruned: nn.Module, example_input: torc
     speedup is the median over rounds of the per-round ratio.
 
     Returns:
-        ``{"original_s", "pruned_s", "speedup", "runtime", "device", "threads", "batch"}``; the speedup is
-        the median over rounds of the per-round ratio.
+        ``{"original_s", "pruned_s", "speedup", "runtime", "device", "threads", "batch", "clock"}``; the
+        speedup is the median over rounds of the per-round ratio.
     """
     # Short samples, many of them, the fastest kept: on a machine shared with other work, a sample that
     # lasts a scheduler slice is slowed by it; short ones often fit between (measured: ratios steady to 2%
@@ -275,4 +321,5 @@ def measured_speedup(original: nn.Module, pruned: nn.Module, example_input: torc
     first, second = copy.deepcopy(original).cpu(), copy.deepcopy(pruned).cpu()
     timed = side_by_side(timer, first, [second], x, rounds=rounds)
     return {"original_s": timed.reference_s, "pruned_s": timed.candidate_s[0], "speedup": 1.0 / timed.ratios[0],
-            "runtime": timer.runtime, "device": timer.device, "threads": timer.threads, "batch": batch}
+            "runtime": timer.runtime, "device": timer.device, "threads": timer.threads, "batch": batch,
+            "clock": getattr(timer, "clock", "wall")}

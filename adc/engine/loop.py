@@ -163,7 +163,7 @@ class Search:
         self.envs: PruningVecEnv | None = None
         self.interrupted = False
         self.failure: str | None = None
-        self.selection: list[dict[str, Any]] = []
+        self.selection: list[dict[str, Any]] = []  # the final selection of the result's policy (the last point's)
         self.calibration_info: dict[str, Any] = {}
         self._holdout = False
         self._interrupt = DeferredInterrupt(self.note)
@@ -527,6 +527,7 @@ class Search:
                            if hold is None or b.key != "latency")
                 self.choices.append({"point": i, "record": chosen, "selection": selection,
                                      "latency_hold": hold.as_dict() if hold is not None else None})
+        self.selection = self.choices[-1]["selection"] if self.choices else []
 
     def _hold_latency(self, i: int, task: ModelTask) -> LatencyHold | None:
         """The measured latency check of point ``i`` (None without a latency budget)."""
@@ -535,7 +536,8 @@ class Search:
         if spec is None:
             return None
         timer = self._side_by_side_timer()
-        info = {"runtime": timer.runtime, "device": timer.device, "threads": timer.threads, "batch": o.latency_batch}
+        info = {"runtime": timer.runtime, "device": timer.device, "threads": timer.threads, "batch": o.latency_batch,
+                "clock": getattr(timer, "clock", "wall")}
         return hold_latency(task, self.history, budget_text=str(spec), relative=spec.relative,
                             top=max(3, o.select_top), measure=self._measure, evaluate=self._evaluate_new(i), info=info)
 

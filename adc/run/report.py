@@ -66,17 +66,25 @@ def speed_lines(speeds: Sequence[Mapping[str, Any]], flops_ratio: float) -> list
         return []
     lines = ["## Measured speed", "",
              "Unpruned vs the saved pruned model, timed side by side in this run (interleaved rounds, each timing the "
-             "fastest of a few samples, the median of the per-round ratios), "
+             "fastest of a few samples, the median of the per-round ratios; with one CPU thread the timings are the "
+             "process's CPU time, the latency on an idle core), "
              f"for {1 / flops_ratio:.2f}x fewer FLOPs:", ""]
     for s in speeds:
         kind = f" ({s['kind']})" if s.get("kind") else ""
         where = f"{s.get('runtime', '?')}, batch {s.get('batch', 1)}{kind}"
         if "speedup" in s:
-            lines.append(f"- {where}, {s['device']}, {s['threads']} thread(s): {seconds(s['original_s'])} -> "
+            clock = ", CPU time" if s.get("clock") == "cpu" else ""
+            lines.append(f"- {where}, {s['device']}, {s['threads']} thread(s){clock}: {seconds(s['original_s'])} -> "
                          f"{seconds(s['pruned_s'])}, **{speedup(s['speedup'])}**")
         else:
             lines.append(f"- {where}: not measured ({s.get('error', 'unknown reason')})")
     return [*lines, ""]
+
+
+def _where(info: Mapping[str, Any]) -> str:
+    """``onnxruntime (cpu:..., 1 thread(s), CPU time)``: where and how a measurement was timed."""
+    clock = ", CPU time" if info.get("clock") == "cpu" else ""
+    return f"{info.get('runtime', '?')} ({info.get('device', '?')}, {info.get('threads', '?')} thread(s){clock})"
 
 
 def _alignment_lines(result: SearchResult) -> list[str]:
@@ -87,9 +95,8 @@ def _alignment_lines(result: SearchResult) -> list[str]:
     info = a.get("info", {})
     lines = ["## Channel alignment", "",
              f"`round_to auto` chose **{a['choice']}** (kept channel counts are multiples of it): {a['reason']}.", "",
-             f"Measured in {info.get('runtime', '?')} ({info.get('device', '?')}, {info.get('threads', '?')} thread(s)) "
-             f"at batch {info.get('batch', 1)}; efficiency = measured speedup x MAC fraction (1: speed follows the "
-             "MACs). A larger multiple is chosen only when it beats the smaller ones by more than the tolerance.", "",
+             f"Measured in {_where(info)} at batch {info.get('batch', 1)}; efficiency = measured speedup x MAC "
+             "fraction (1: speed follows the MACs). A larger multiple is chosen only when it beats the smaller ones by more than the tolerance.", "",
              "| multiple | " + " | ".join(f"speedup at {f:g} MACs" for f in a["fractions"]) + " | efficiency |",
              "|---|" + "---|" * (len(a["fractions"]) + 1)]
     for m in a["candidates"]:
@@ -107,9 +114,8 @@ def _latency_lines(result: SearchResult) -> list[str]:
     info = hold.get("info", {})
     chosen = result.measured_latency
     lines = ["## Latency budget, measured", "",
-             f"Budget {hold['budget']}: the best candidates were pruned and timed end to end in "
-             f"{info.get('runtime', '?')} ({info.get('device', '?')}, {info.get('threads', '?')} thread(s)) at batch "
-             f"{info.get('batch', 1)}, side by side with the unpruned model ({seconds(hold['original_s'])}); "
+             f"Budget {hold['budget']}: the best candidates were pruned and timed end to end in {_where(info)} at "
+             f"batch {info.get('batch', 1)}, side by side with the unpruned model ({seconds(hold['original_s'])}); "
              "a candidate holds the budget when its measured latency is within 5% of it or below."]
     if hold["corrections"]:
         lines.append("The measurements disagreed with the table: the limit the clipping uses was divided by the "
