@@ -224,7 +224,8 @@ def write_results(rows: list[dict[str, Any]], settings: Settings, md: Path, wall
         "weights' values, so they have no accuracy (and a search among equal rewards would be pointless).",
         "",
         "Every ratio is measured side by side with the unpruned model in this run (interleaved rounds, median "
-        f"of {settings.rounds} per-round ratios). *predicted*: the latency table's prediction for the policy; "
+        f"of {settings.rounds} per-round ratios; each timing the fastest of several samples of the process's CPU "
+        "time, which with one thread is the latency on an idle core). *predicted*: the latency table's prediction for the policy; "
         "*search check*: the search's own measurement before it handed the model back; *measured*: this "
         "benchmark's measurement of the model handed back, in the runtime the search targeted. Goals: flops=0.5 "
         f"with round_to auto >= {GOAL_SPEEDUP}x in its runtime on torchvision rows; latency=R measured <= R x 1.05.",
