@@ -84,8 +84,13 @@ def test_search_writes_every_output(finished_run):
     assert (finished_run / "policy.png").read_bytes()[:4] == b"\x89PNG"
     report = (finished_run / "report.md").read_text()
     assert "flops" in report.lower()
-    assert "Measured latency" in report
+    assert "## Measured speed" in report
+    for runtime in ("torch", "onnxruntime"):  # both runtimes, batch 1 and a throughput batch, side by side
+        assert f"- {runtime}, batch 1 (" in report and f"- {runtime}, batch 32 (a throughput batch)" in report
+    assert "## Channel alignment" in report and "`round_to auto` chose" in report
+    assert policy["round_to"] == policy["alignment"]["choice"]
     config = tomllib.loads((finished_run / "config.toml").read_text())
+    assert config["round_to"] == "auto"
     assert config["budget"] == ["flops=0.5"] and config["episodes"] == 6 and "out" not in config
     assert config["agent_options"] == ["hidden=32,32", "warmup=2"] and config["reconstruct"] is True
     assert [r["phase"] for r in rows[:3]] == ["uniform", "warmup", "explore"]
