@@ -1,12 +1,11 @@
 """Channel counts the runtime rewards: a short measured probe picks the multiple kept counts are rounded to.
 
 Half the MACs is not twice as fast when the kept channel counts do not suit
-the runtime. On one CPU thread, MobileNetV2 at 128x128 pruned uniformly to
-half its MACs ran 0.87x as fast as the unpruned model in onnxruntime with
-counts rounded to 1 (slower!), 1.44x with multiples of 8 and 2.02x with
-multiples of 16: onnxruntime's blocked layouts pad channels to 8 or 16, and
-vectorised kernels waste lanes on odd counts. PyTorch eager cared much less
-(about 1.23x whatever the rounding). Which multiple pays depends on the
+the runtime: MobileNetV2 pruned uniformly to half its MACs can run slower
+than the unpruned model in onnxruntime with counts rounded to 1, and close to
+twice as fast with multiples of 16 (``benchmarks/results/speedup.md``):
+onnxruntime's blocked layouts pad channels to 8 or 16, and vectorised kernels
+waste lanes on odd counts. PyTorch eager cares much less. Which multiple pays depends on the
 runtime, the device, the batch and the model, so adc measures it.
 
 The probe: for each candidate multiple (1, 4, 8, 16, 32) and each probe

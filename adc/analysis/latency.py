@@ -18,8 +18,8 @@ constant``, calibrated on two end-to-end measurements: the unpruned model and
 the model with every unit at ``min_keep``. The constant accounts for what the
 table does not time (pooling, residual additions, the framework's per-call
 overhead); the scale for the systematic difference between timing a layer alone
-and inside the network (caches, memory allocation; isolated timings ran 10-40%
-high on a 2-core CPU). With a single point (``min_keep=1``), or a scale outside
+and inside the network (caches, memory allocation: isolated timings run high;
+``benchmarks/results/latency_check.md`` has the figures). With a single point (``min_keep=1``), or a scale outside
 [0.2, 5] (a noisy measurement), the scale is 1 and the constant is the unpruned
 latency minus the sum of the unpruned entries, as in NetAdapt. Timing conv + BN +
 activation together rather than the conv alone keeps the channel-dependent
