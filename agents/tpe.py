@@ -102,6 +102,3 @@ class TPEAgent(PolicySearchAgent):
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             params = dict(zip(self._names, np.clip(applied, 0.0, 1.0).tolist()))
             self.study.add_trial(optuna.trial.create_trial(params=params, distributions=self._space, value=reward))
-
-    def _describe(self) -> dict[str, Any]:
-        return {"trial": len(self.study.trials)}
