@@ -9,8 +9,15 @@ which are asked before any of them is scored. Each proposal is clipped onto
 the budget by the environment; like CMA-ES (:mod:`adc.agents.cmaes`), TPE is
 told by default the applied actions, recorded as a completed trial in place
 of the proposal (which is closed as failed, so the sampler ignores it).
-``benchmarks/rivals_tuning.py`` measured these defaults on the synthetic
-environment of the tests.
+A density model of observed points (unlike CMA-ES, whose update assumes its
+own samples), TPE can take any scored point as an observation, and the
+applied one is the policy that was really scored. Measured on the synthetic
+environment (``benchmarks/results/rivals_tuning.md``: 5 seeds, 200 episodes,
+8 environments): applied 0.63 of the uniform-to-optimum gap against 0.62 for
+the proposal (0.99 vs 0.89 on the agent tests' environment), multivariate
+0.63 against 0.61 univariate; 5, 10 or 20 start-up trials are within noise
+(0.65, 0.63, 0.66), so Optuna's default of 10 is kept. TPE is far behind
+CMA-ES there on 12 and 30 units at 30% of the cost (0.20-0.36 vs 0.69-0.89).
 """
 
 from __future__ import annotations

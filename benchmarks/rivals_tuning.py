@@ -171,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.tries:
         configs = {text: _parse_try(text) for text in args.tries}
     head = "| configuration | " + " | ".join(f"{k} {b}" for k, b in envs) + " | mean | s/search |"
-    lines = [f"Share of the uniform-to-optimum gap closed by the best of {args.episodes} episodes, mean over "
-             f"{len(seeds)} seeds (worst seed in brackets).", "", head, "|" + "---|" * (len(envs) + 3)]
+    lines = ["# The rivals' settings on the synthetic pruning environment", "",
+             f"Made by `python -m benchmarks.rivals_tuning --seeds {args.seeds} --out FILE` (see its docstring for the "
+             "environments). Share of the uniform-to-optimum gap closed by the best of "
+             f"{args.episodes} episodes, mean over {len(seeds)} seeds (worst seed in brackets); s/search: seconds "
+             "one search took (agent overhead: the environment costs microseconds).", "",
+             head, "|" + "---|" * (len(envs) + 3)]
     print("\n".join(lines), flush=True)
     if args.out is None or args.only or args.tries:
         for label, (agent, options) in configs.items():
