@@ -1,4 +1,4 @@
-"""Benchmark v2, ddpg against strong rivals: ``python -m benchmarks.v2 --full | --smoke [--model M] [--report-only]``.
+"""Benchmark v2, ddpg against strong rivals: ``python -m benchmarks.v2 --full | --smoke [--references | --estimate | --report-only]``.
 
 Does the search pay for itself? One *row* is one (model, FLOPs budget,
 strategy, seed): a search with 2 workers (``adc.search(..., workers=2)``),
@@ -24,9 +24,13 @@ play one policy: their curve is one point, at the evaluations they spent.
 
 Modes (:data:`MODES`):
 
-- ``--full``: resnet20, resnet56 and mobilenet (depthwise) at 50% and 30%
+- ``--full``: resnet20, mobilenet (depthwise) and resnet56 at 50% and 30%
   FLOPs; uniform, sensitivity, random, cmaes, tpe and ddpg, 3 seeds for every
-  searcher, 200 episodes. Writes ``benchmarks/results/fashion_mnist_v2.*``.
+  searcher, 200 episodes; seed 0 of every strategy fine-tuned (2 epochs of
+  10,000 training images) -- sized to about three hours on a quiet 2-core
+  machine, see the notes file. Writes ``benchmarks/results/fashion_mnist_v2.*``.
+  The reference models train first (``--references``: 8 epochs each, apart
+  from the timed run).
 - ``--smoke``: resnet20 at 50% FLOPs, 8 episodes, one seed, a 1-epoch
   reference and a 1,000-image fine-tune, with the full run's evaluation
   settings: checks the harness in about 10 minutes and measures the costs
