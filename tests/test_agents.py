@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -16,6 +17,7 @@ from adc.utils.errors import AdcError
 from synthetic_env import SyntheticPruningEnv
 
 RL_AGENTS = ["ddpg", "sac", "td3"]
+BLACK_BOX = ["cmaes", "tpe"]
 ONE_EPISODE = {name for name in AGENTS.names() if AGENTS.get(name).one_policy}  # deterministic: one episode in all
 PROBING = {name for name in AGENTS.names() if AGENTS.get(name).probes}  # their probes count against the episodes
 SMALL = {"hidden": (32, 32), "warmup": 2}  # fast networks for the functional tests
@@ -73,12 +75,13 @@ def test_synthetic_env_clips_every_policy_onto_the_budget(env):
 
 
 def test_registry_holds_every_agent():
-    assert AGENTS.names() == ["ddpg", "global", "netadapt", "random", "sac", "sensitivity", "td3", "uniform"]
+    assert AGENTS.names() == ["cmaes", "ddpg", "global", "netadapt", "random", "sac", "sensitivity", "td3", "tpe",
+                              "uniform"]
     assert ONE_EPISODE == {"global", "netadapt", "sensitivity", "uniform"} and PROBING == {"netadapt", "sensitivity"}
 
 
 def test_unknown_agent_names_the_valid_ones(env):
-    with pytest.raises(AdcError, match="valid: ddpg, global, netadapt, random"):
+    with pytest.raises(AdcError, match="valid: cmaes, ddpg, global, netadapt, random"):
         agent_on("ppo", env, episodes=4)
 
 
@@ -111,7 +114,7 @@ def test_agent_plays_its_episodes_within_budget(name, env):
         assert infos[0]["agent"]["evaluations"] == env.evaluations
 
 
-@pytest.mark.parametrize("name", ["ddpg", "random", "sac"])
+@pytest.mark.parametrize("name", ["ddpg", "random", "sac", "cmaes", "tpe"])
 def test_on_episode_returning_false_stops_the_run(name, env):
     agent = agent_on(name, env, episodes=10, **small_options(name))
     calls = []
@@ -250,6 +253,85 @@ def test_truncated_normal_noise_stays_in_bounds_and_decays():
     assert schedule.sigma(500) == pytest.approx(0.05)
 
 
+# -- the black-box rivals (CMA-ES, TPE) -------------------------------------------------
+
+
+def two_envs() -> PruningVecEnv:
+    return PruningVecEnv([lambda: SyntheticPruningEnv(num_units=5, budget=0.5, seed=1) for _ in range(2)])
+
+
+@pytest.mark.parametrize("name", BLACK_BOX)
+def test_black_box_agents_start_from_the_uniform_policy(name, env):
+    first, second = play(agent_on(name, env, episodes=6), 2)
+    np.testing.assert_allclose(first["actions"], env.uniform_actions(), atol=1e-9)
+    assert not np.allclose(second["actions"], env.uniform_actions(), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", BLACK_BOX)
+def test_black_box_agents_resume_exactly_with_two_environments(name, tmp_path):
+    straight = [i["actions"] for i in play(make_agent(name, two_envs(), episodes=12, seed=2), 12)]
+    agent = make_agent(name, two_envs(), episodes=12, seed=2)
+    first = [i["actions"] for i in play(agent, 6)]
+    agent.save(tmp_path / "agent")
+    rest = [i["actions"] for i in play(load_agent(tmp_path / "agent", two_envs()), 6)]
+    assert first + rest == straight
+
+
+def test_black_box_resume_refuses_a_replay_that_draws_other_policies(tmp_path, env):
+    agent = agent_on("cmaes", env, episodes=8, seed=0)
+    play(agent, 3)
+    agent.save(tmp_path / "agent")
+    record = json.loads((tmp_path / "agent" / "agent.json").read_text())
+    record["state"]["rounds"][1][0]["proposal"][0] += 1e-3
+    (tmp_path / "agent" / "agent.json").write_text(json.dumps(record))
+    with pytest.raises(AdcError, match="cannot resume the 'cmaes' agent.*drew different policies"):
+        load_agent(tmp_path / "agent", vec(SyntheticPruningEnv(num_units=5, budget=0.5, seed=1)))
+
+
+def test_cmaes_plays_the_same_policies_whatever_the_number_of_environments():
+    one = [i["actions"] for i in play(make_agent("cmaes", vec(SyntheticPruningEnv(num_units=5, seed=1)),
+                                                 episodes=12, seed=0, popsize=5), 12)]
+    infos = play(make_agent("cmaes", two_envs(), episodes=12, seed=0, popsize=5), 12)
+    assert [i["actions"] for i in infos] == one
+    assert [i["agent"]["generation"] for i in infos] == [0] * 5 + [1] * 5 + [2] * 2  # rounds stop at generation ends
+
+
+def test_cmaes_default_population_fills_every_round(env):
+    agent = make_agent("cmaes", two_envs(), episodes=20, seed=0)
+    assert agent.es.popsize % 2 == 0 and agent.es.popsize >= 4 + int(3 * np.log(5))
+
+
+def test_black_box_agents_leave_global_random_state_and_logging_alone(env):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    state = np.random.get_state()[1].copy()
+    for name in BLACK_BOX:
+        play(agent_on(name, SyntheticPruningEnv(num_units=5, seed=1), episodes=12, seed=0), 12)
+    assert (np.random.get_state()[1] == state).all()
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("cmaes", {"learn_from": "both"}, "learn_from='both'.*valid: applied, proposal"),
+    ("cmaes", {"sigma0": "0"}, "sigma0=0.0.*in \\(0, 1\\]"),
+    ("cmaes", {"popsize": "1"}, "popsize=1.*at least 2"),
+    ("tpe", {"startup": "0"}, "startup=0.*at least 1"),
+    ("tpe", {"learn_from": "raw"}, "learn_from='raw'"),
+])
+def test_black_box_options_are_checked(name, options, message, env):
+    with pytest.raises(AdcError, match=message):
+        agent_on(name, env, episodes=8, **options)
+
+
+def test_black_box_options_from_the_command_line_are_converted(env):
+    cmaes = agent_on("cmaes", env, episodes=8, popsize="6", sigma0="0.3", learn_from="applied")
+    assert cmaes.es.popsize == 6 and cmaes.es.sigma0 == 0.3
+    tpe = agent_on("tpe", env, episodes=8, multivariate="false", startup="4")
+    assert tpe.options.multivariate is False and tpe.options.startup == 4
+
+
 # -- search quality -----------------------------------------------------------------------
 
 
@@ -325,3 +407,23 @@ def test_ddpg_beats_random_search_and_uniform_with_the_same_episodes():
     uniform = best("uniform", 0)
     assert ddpg > random_best + 0.05, (ddpg, random_best)
     assert ddpg > uniform + 0.5, (ddpg, uniform)
+
+
+def best_of(name: str, seed: int, episodes: int = 200) -> float:
+    """The best reward of a search on the hard synthetic environment, cashing in a learned policy as the search does."""
+    env = SyntheticPruningEnv(num_units=6, budget=0.5, sensitivities=HARD_SENSITIVITIES)
+    agent = agent_on(name, env, episodes=episodes, seed=seed)
+    rewards = [i["reward"] for i in play(agent, episodes)]
+    if agent.can_exploit:
+        rewards += [i["reward"] for i in play(agent, 3, explore=False)]
+    return max(rewards)
+
+
+@pytest.mark.parametrize("name", BLACK_BOX)
+def test_black_box_agents_beat_uniform_and_random_search_with_the_same_episodes(name):
+    env = SyntheticPruningEnv(num_units=6, budget=0.5, sensitivities=HARD_SENSITIVITIES)
+    uniform = env.evaluate_actions([env.uniform_actions()])[0]
+    found = best_of(name, 0)
+    assert found > uniform + 0.5, (found, uniform)
+    assert found > max(best_of("random", seed) for seed in range(3)) + 0.05
+    assert found > 0.95 * env.optimum()

@@ -136,9 +136,10 @@ def test_ctrl_c_stops_at_the_round_end_and_resume_gives_the_uninterrupted_search
     assert resumed.reward == straight.reward
 
 
-def test_an_abrupt_stop_keeps_the_last_exact_checkpoint(trained, digits, digits_input, tmp_path):
+@pytest.mark.parametrize("agent", ["random", "cmaes", "tpe"])
+def test_an_abrupt_stop_keeps_the_last_exact_checkpoint(agent, trained, digits, digits_input, tmp_path):
     """A second Ctrl-C (or a kill) mid-round: the checkpoint stays at the last round end, and resume still matches."""
-    common = dict(data=digits, budget={"flops": 0.5}, agent="random", episodes=5, seed=1, checkpoint_every=2, **FAST)
+    common = dict(data=digits, budget={"flops": 0.5}, agent=agent, episodes=5, seed=1, checkpoint_every=2, **FAST)
 
     def stop_now_at_3(record, best):
         if record["episode"] == 2:
