@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench bench-quick clean
+.PHONY: demo test install bench bench-quick bench-survey clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	bash benchmarks/ensure_data.sh
 	$(BIN)/python -m benchmarks.run --quick
+
+bench-survey: $(STAMP)
+	bash benchmarks/ensure_data.sh
+	$(BIN)/python -m benchmarks.survey --full
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

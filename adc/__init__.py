@@ -40,7 +40,7 @@ _API = {
     "evaluate": "adc.inputs.training",
     "export": "adc.pruning.export",
     "find_units": "adc.analysis.graph",
-    "load": "adc.pruning.serialization",
+    "load": "adc.run.folder",
     "load_checkpoint": "adc.inputs.models",
     "load_data": "adc.inputs.data",
     "prune": "adc.pruning.pruner",

@@ -69,6 +69,10 @@ class Agent(ABC):
     Options: ClassVar[type] = NoOptions
     can_exploit: ClassVar[bool] = False
     """Whether ``run(..., explore=False)`` plays something different from exploring (a learned policy)."""
+    one_policy: ClassVar[bool] = False
+    """Whether the agent plays a single episode in all, whatever ``episodes`` asks (a deterministic strategy)."""
+    probes: ClassVar[bool] = False
+    """Whether, before that episode, it spends up to ``episodes`` evaluations on probes (``evaluate_actions``)."""
 
     def __init__(self, envs: PruningVecEnv, *, episodes: int, seed: int = 0, **options: Any) -> None:
         if episodes < 1:

@@ -29,6 +29,8 @@ class UniformAgent(Agent):
     at once, whatever ``episodes`` asks (``on_episode`` is called once per search).
     """
 
+    one_policy = True
+
     def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True, on_round: OnRound | None = None) -> None:
         if episodes < 1 or self.episodes_done >= 1:
             return
@@ -94,6 +96,8 @@ class SensitivityAgent(Agent):
     """
 
     Options: ClassVar[type] = SensitivityOptions
+    one_policy = True
+    probes = True
 
     def __init__(self, envs: PruningVecEnv, *, episodes: int, seed: int = 0, **options: Any) -> None:
         super().__init__(envs, episodes=episodes, seed=seed, **options)

@@ -76,8 +76,8 @@ class OffPolicyOptions:
         baseline_decay: Decay of the moving-average reward baseline.
         device: Torch device of the networks; these MLPs are fastest on CPU.
         threads: Torch CPU threads during gradient steps (restored afterwards,
-            for the environment's evaluations): with 2 cores, one thread ran
-            AMC's 300x300 networks 5x faster than two (0.7 vs 3.8 ms a step).
+            for the environment's evaluations): on a 2-core machine one thread ran
+            AMC's 300x300 networks several times faster than two.
         start_uniform: Play the uniform policy as the first warm-up episode
             (needs at least one warm-up episode; the task's ``uniform_actions()``).
     """

@@ -2,7 +2,7 @@
 
 A learning agent's episodes concentrate where good policies are, but its
 single best episode is often matched by random search with the same
-budget (DESIGN.md); hill-climbing from the best policy with shrinking
+budget (independent reproductions of AMC found the same); hill-climbing from the best policy with shrinking
 Gaussian steps turns that concentration into a better final policy. The
 environment clips every perturbed policy, so budgets still hold.
 """

@@ -32,10 +32,10 @@ CSV_COLUMNS = [
     "ort_b1_ms_unpruned", "ort_b1_ms_pruned", "ort_b64_ms_unpruned", "ort_b64_ms_pruned",
     "kept_fraction",
 ]
-STRATEGY_ORDER = ["uniform", "sensitivity", "random", "ddpg", "td3", "sac"]
+STRATEGY_ORDER = ["uniform", "sensitivity", "random", "cmaes", "tpe", "ddpg", "td3", "sac"]
 VARIANT_ORDER = ["default", "no-reconstruct", "no-bn-recal"]
 COLORS = {"uniform": "tab:gray", "sensitivity": "tab:olive", "random": "tab:blue", "ddpg": "tab:red",
-          "td3": "tab:purple", "sac": "tab:brown"}
+          "td3": "tab:purple", "sac": "tab:brown", "cmaes": "tab:green", "tpe": "tab:orange"}
 
 
 def _group_key(r: Mapping[str, Any]) -> tuple:

@@ -4,7 +4,9 @@ Agents see an environment only through this module: the ``info`` keys it
 reports (constants below, so a typo is an import error, not a silent
 ``None``) and :class:`PruningTask`, the few questions a strategy may ask
 about the task besides stepping it (what the uniform policy is, what each unit
-costs, whether raw actions fit the budget, what some policies score). Every
+costs, whether raw actions fit the budget, how much of the first budget they
+use, which actions a global threshold on the channel scores gives, what some
+policies score). Every
 environment of adc -- :class:`~adc.envs.pruning_env.PruningEnv`, and the
 synthetic one of the tests -- provides them as its ``task``.
 """
@@ -54,6 +56,22 @@ class PruningTask(Protocol):
 
     def budget_fits(self, actions: Sequence[float]) -> bool:
         """Whether raw actions (one per unit, not clipped) meet every budget."""
+
+    def resource(self, actions: Sequence[float]) -> float:
+        """The first budget's cost of raw actions (not clipped) over its limit: at most 1 meets it.
+
+        The resource a greedy strategy lowers step by step (NetAdapt): FLOPs,
+        parameters, energy, or latency priced by the measured latency table.
+        """
+
+    def threshold_actions(self, threshold: float) -> list[float]:
+        """The actions that prune, in every unit, the channels scoring below ``threshold`` (not clipped).
+
+        Scores are the channel criterion's, divided by their mean over the unit so
+        that one threshold means the same in every unit (a global threshold, as in
+        Network Slimming). Non-decreasing in ``threshold``; 0 prunes nothing; each
+        unit stops at its largest allowed sparsity.
+        """
 
     def evaluate_actions(self, batch: Sequence[Sequence[float]]) -> list[float]:
         """Rewards of several policies given as raw actions, without budget clipping (sensitivity probes).

@@ -252,6 +252,31 @@ class ModelTask:
         """Whether raw actions meet every budget."""
         return self.fits(self.space.kept_of_actions(actions))
 
+    def resource(self, actions: Sequence[float]) -> float:
+        """The first budget's cost of raw actions over its limit (latency through the measured table)."""
+        first = self.budgets[0]
+        return float(first.price(self.space.kept_of_actions(actions)) / first.limit)
+
+    def threshold_actions(self, threshold: float) -> list[float]:
+        """Per unit, the action pruning the channels whose criterion score is below ``threshold`` x the unit's mean.
+
+        The scores are the pruner's (the ones that rank the channels), so the
+        channels a threshold prunes are exactly those the pruner drops. Grouped
+        units score each position inside a group by its sum over the groups.
+        """
+        actions = []
+        for i, unit in enumerate(self.units):
+            scores = np.asarray(self.evaluator.pruner.scores[unit.name], dtype=np.float64)
+            groups = unit.channel_groups
+            if groups > 1:
+                scores = scores.reshape(groups, -1).sum(0)
+            scores = scores / max(float(scores.mean()), 1e-300)
+            wanted = groups * int(np.sum(scores >= threshold)) if threshold > 0 else unit.channels
+            choices = self.space.choices[i]
+            kept = choices[min(int(np.searchsorted(choices, wanted)), len(choices) - 1)]
+            actions.append(self.space.action_of(1.0 - kept / unit.channels))
+        return actions
+
     def evaluate_actions(self, batch: Sequence[Sequence[float]]) -> list[float]:
         """Rewards of policies given as raw actions, WITHOUT budget clipping (sensitivity analysis)."""
         return [s.reward for s in self.score_many([self.space.kept_of_actions(a) for a in batch])]

@@ -59,6 +59,12 @@ class PruningVecEnv(DummyVecEnv):
     def budget_fits(self, actions: Sequence[float]) -> bool:
         return bool(self.task.budget_fits(actions))
 
+    def resource(self, actions: Sequence[float]) -> float:
+        return float(self.task.resource(actions))
+
+    def threshold_actions(self, threshold: float) -> list[float]:
+        return [float(a) for a in self.task.threshold_actions(threshold)]
+
     def evaluate_actions(self, batch: Sequence[Sequence[float]]) -> list[float]:
         return list(self.task.evaluate_actions(batch))
 

@@ -97,6 +97,9 @@ class SyntheticPruningEnv(gym.Env):
         if len(self.sensitivities) != num_units or len(self.costs) != num_units:
             raise ValueError("sensitivities and costs need one value per unit")
         self._descriptor = np.random.default_rng(seed).uniform(0, 1, (num_units, 3))
+        ratio = np.log(self.sensitivities / self.costs)
+        span = max(float(ratio.max() - ratio.min()), 1e-12)
+        self.spreads = 0.2 + 0.7 * (ratio.max() - ratio) / span  # threshold_actions' channel-score spread per unit
         self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, (11,), np.float32)
         self.evaluations = 0
@@ -118,6 +121,15 @@ class SyntheticPruningEnv(gym.Env):
 
     def budget_fits(self, actions: Sequence[float]) -> bool:
         return self._cost(actions) <= self.budget + 1e-9
+
+    def resource(self, actions: Sequence[float]) -> float:
+        return self._cost(actions) / self.budget
+
+    def threshold_actions(self, threshold: float) -> list[float]:
+        """Made-up channel scores: unit ``i``'s are spread evenly over ``[1 - w_i, 1 + w_i]`` (mean 1),
+        wider for units that are cheap to lose per unit of cost, so a global threshold prunes them first."""
+        pruned = np.clip((threshold - (1 - self.spreads)) / (2 * self.spreads), 0.0, 1.0) if threshold > 0 else 0 * self.spreads
+        return np.clip(pruned / MAX_SPARSITY, 0.0, 1.0).tolist()
 
     def evaluate_actions(self, batch: Sequence[Sequence[float]]) -> list[float]:
         return [self.reward_of(actions) for actions in batch]

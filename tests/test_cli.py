@@ -30,6 +30,7 @@ from adc.engine.loop import Search
 from adc.inputs.models import build_model
 from adc.pruning.serialization import load
 from adc.run.folder import RunFolder
+from helpers import assert_refused, run_main
 
 OUTPUTS = ("model.pt", "policy.json", "history.csv", "report.md", "policy.png", "reward.png", "config.toml")
 ADC = Path(sys.executable).with_name("adc")
@@ -83,8 +84,13 @@ def test_search_writes_every_output(finished_run):
     assert (finished_run / "policy.png").read_bytes()[:4] == b"\x89PNG"
     report = (finished_run / "report.md").read_text()
     assert "flops" in report.lower()
-    assert "Measured latency" in report
+    assert "## Measured speed" in report
+    for runtime in ("torch", "onnxruntime"):  # both runtimes, batch 1 and a throughput batch, side by side
+        assert f"- {runtime}, batch 1 (" in report and f"- {runtime}, batch 32 (a throughput batch)" in report
+    assert "## Channel alignment" in report and "`round_to auto` chose" in report
+    assert policy["round_to"] == policy["alignment"]["choice"]
     config = tomllib.loads((finished_run / "config.toml").read_text())
+    assert config["round_to"] == "auto"
     assert config["budget"] == ["flops=0.5"] and config["episodes"] == 6 and "out" not in config
     assert config["agent_options"] == ["hidden=32,32", "warmup=2"] and config["reconstruct"] is True
     assert [r["phase"] for r in rows[:3]] == ["uniform", "warmup", "explore"]
@@ -189,28 +195,6 @@ def test_profile_prints_a_table():
 # -- bad inputs -----------------------------------------------------------------------
 
 
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Call the console entry point in-process; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["adc", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_refused(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:")
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 @pytest.fixture(scope="module")
 def wrong_checkpoints(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("ckpt")
@@ -238,6 +222,9 @@ BAD_INPUTS = {
     "agent-option-type": (["--agent-option", "hidden=wide"], ["hidden='wide'", "comma-separated ints"]),
     "checkpoint-missing": (["--checkpoint", "/no/such/file.pt"], ["/no/such/file.pt", "does not exist"]),
     "config-missing": (["--config", "/no/such/config.toml"], ["/no/such/config.toml"]),
+    "iterations": (["--iterations", "0"], ["--iterations 0", "positive integer"]),
+    "iteration-finetune": (["--iteration-finetune", "2"], ["--iteration-finetune 2", "--iterations 2 or more"]),
+    "iteration-finetune-negative": (["--iterations", "2", "--iteration-finetune", "-1"], ["--iteration-finetune -1"]),
 }
 
 

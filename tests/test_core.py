@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from adc.analysis.cost import cost, cost_of_kept, count, kept_vector
-from adc.pruning.criteria import CRITERIA
+from adc.pruning.criteria import CRITERIA, DATA_CRITERIA
 from adc.utils.errors import AdcError
 from adc.pruning.export import export, onnx_outputs
 from adc.analysis.graph import ModelGraph, Unit, analyze, find_units
@@ -306,7 +306,7 @@ def test_every_criterion_prunes(criterion: str, name: str) -> None:
     assert count(pruned, x) == cost(graph, policy)
 
 
-@pytest.mark.parametrize("criterion", ["taylor", "apoz"])
+@pytest.mark.parametrize("criterion", sorted(DATA_CRITERIA))
 def test_data_criteria_need_calibration(criterion: str) -> None:
     model, x, graph = _zoo("resnet20")
     with pytest.raises(AdcError) as excinfo:

@@ -96,6 +96,33 @@ def test_play_actions_matches_stepping():
         env.task.play_actions([0.5])
 
 
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_threshold_actions_prune_exactly_the_channels_scoring_below_the_threshold(round_to):
+    model = small_model("zoo:resnet20", 3)
+    for m in model.modules():  # trained-like batch-norm scales, so the bn_scale scores differ
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.1, 2.0, generator=torch.Generator().manual_seed(m.num_features))
+    task = make_env(model, torch.zeros(1, 3, 8, 8), criterion="bn_scale", round_to=round_to, min_keep=0.1).task
+    pruner = task.evaluator.pruner
+    assert task.threshold_actions(0.0) == [0.0] * task.num_units
+    previous = np.zeros(task.num_units)
+    for threshold in (0.5, 0.9, 1.2, 3.0):
+        actions = np.asarray(task.threshold_actions(threshold))
+        assert (actions >= previous - 1e-12).all()  # non-decreasing in the threshold
+        previous = actions
+        kept = task.space.kept_of_actions(actions)
+        for i, u in enumerate(task.units):
+            scores = pruner.scores[u.name] / pruner.scores[u.name].mean()
+            below = int((scores < threshold).sum())
+            choices = task.space.choices[i]
+            expected = choices[min(np.searchsorted(choices, u.channels - below), len(choices) - 1)]
+            assert kept[i] == expected
+            if round_to == 1 and kept[i] == u.channels - below:  # the pruner drops exactly those channels
+                keep = pruner.keep_indices_of_counts(kept)[u.name]
+                assert set(keep.tolist()) == set(np.flatnonzero(scores >= threshold).tolist())
+    assert task.resource(task.threshold_actions(0.0)) == pytest.approx(2.0)  # flops=0.5: the unpruned model uses 2x
+
+
 # -- the property test: every clipped policy meets every budget and uses it ---------------
 
 PROPERTY_MODELS = {

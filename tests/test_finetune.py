@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import typer
 from typer.testing import CliRunner
 
+from adc.analysis.cost import cost_of_kept, count
+from adc.analysis.graph import analyze
 from adc.inputs.finetune import distillation_loss, finetune, kept_epoch
+from adc.inputs.models import build_model, load_checkpoint
 from adc.inputs.training import evaluate
 from adc.pruning.pruner import prune
 from adc.pruning.serialization import load
+from adc.pruning.soft import soft_prune
+from adc.pruning.sparsity import SPARSITY
 from adc.run.config import RunConfig
-from adc.run.finetune_run import finetune_run
+from adc.run.finetune_run import SparseTraining, finetune_run, train_run
 from adc.run.pipeline import run_search
 from adc.utils.errors import AdcError
 
@@ -140,3 +146,111 @@ def test_finetune_command(run_dir: Path) -> None:
     assert json.loads((run_dir / SETTINGS_FILE).read_text())["lr"] == 0.005
     bad = CliRunner().invoke(app, ["finetune", str(run_dir), "--epochs", "0"])
     assert isinstance(bad.exception, AdcError)
+
+
+# -- sparse training and soft filter pruning ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SPARSITY.names())
+def test_sparsity_regulariser_shrinks_what_it_targets(name, trained, digits, digits_input) -> None:
+    graph = analyze(trained, digits_input)
+    method = SPARSITY.get(name)
+    common = dict(epochs=1, lr=0.01, seed=0, train_samples=600, keep_last=True)
+    plain, _ = finetune(trained, digits, **common)
+    sparse, _ = finetune(trained, digits, extra_loss=method.regulariser(graph, 0.05), **common)
+    with torch.no_grad():
+        before, without, with_it = (float(method.penalty(m, graph)) for m in (trained, plain, sparse))
+    assert with_it < without and with_it < before and without - with_it > 0.005 * before, (before, without, with_it)
+
+
+def test_soft_pruning_moves_its_mask_and_prunes_for_real(trained, digits, digits_input) -> None:
+    graph = analyze(trained, digits_input)
+    kept = {u.name: u.kept(0.5) for u in graph.units}
+    result = soft_prune(trained, digits_input, kept, digits, epochs=2, lr=0.01, seed=0, train_samples=600)
+    assert len(result.masks) == 3 and all(len(m) == len(kept) for m in result.masks)
+    moved = [sum(set(a[u]) != set(b[u]) for u in a) for a, b in zip(result.masks, result.masks[1:])]
+    assert any(moved), "the zeroed channels never changed"
+    for mask in result.masks:  # always exactly channels - kept zeroed per unit
+        assert all(len(mask[u.name]) == u.channels - kept[u.name] for u in graph.units)
+    pruned = result.model
+    predicted = np.array([kept[u.name] for u in graph.units], dtype=np.float64)
+    assert count(pruned, digits_input).flops == cost_of_kept(graph, predicted).flops < count(trained, digits_input).flops
+    mask = result.masks[result.kept_epoch]
+    assert {u: sorted(set(range(graph.unit(u).channels)) - set(pruned.adc_pruning["kept"][u])) for u in mask} == mask
+    # The zeroed model it chose on validation scored exactly what the pruned one scores.
+    assert evaluate(pruned, digits.val)["top1"] == pytest.approx(result.records[result.kept_epoch]["val_top1"])
+    assert evaluate(trained, digits.val)["top1"] > 0.5  # the input model is untouched
+
+
+def test_train_run_sparse_checkpoint_feeds_a_later_search(trained_checkpoint, tmp_path) -> None:
+    out, summary = train_run("zoo:plain20", tmp_path / "sparse", checkpoint=str(trained_checkpoint), data="digits",
+                             shaping=SparseTraining("slimming", 1e-3), epochs=1, train_samples=600)
+    assert out == tmp_path / "sparse" / "model.pt" and (tmp_path / "sparse" / SETTINGS_FILE).is_file()
+    assert summary["sparsity_target_after"] < summary["sparsity_target_before"]
+    assert summary["selected_on"].startswith("the last epoch") and summary["kept_epoch"] == 1
+    config = RunConfig.from_values({"model": "zoo:plain20", "checkpoint": str(out), "agent": "uniform", "episodes": 1,
+                                    "bn_calibration": 64, "val_size": 100})
+    result, folder = run_search(config, out=tmp_path / "search")
+    assert result.metrics["flops_ratio"] <= 0.5 + 1e-9 and folder.model.is_file()
+
+
+def test_train_run_soft_prunes_to_the_budget(trained_checkpoint, digits_input, tmp_path) -> None:
+    out, summary = train_run("zoo:plain20", tmp_path / "soft", checkpoint=str(trained_checkpoint), data="digits",
+                             shaping=SparseTraining(soft=True), budget=["flops=0.5"], epochs=1, train_samples=300)
+    pruned = load(out)
+    original = load_checkpoint(build_model("zoo:plain20", num_classes=10, in_channels=1), trained_checkpoint)
+    assert count(pruned, digits_input).flops <= 0.5 * count(original, digits_input).flops
+    assert summary["soft"] is True and summary["budget"] == "flops=0.5"
+
+
+def test_finetune_run_soft_keeps_the_search_widths(run_dir: Path) -> None:
+    out, summary = finetune_run(run_dir, epochs=1, train_samples=300, shaping=SparseTraining(soft=True))
+    assert _kept_shapes(load(out)) == _kept_shapes(load(run_dir / "model.pt"))
+    assert summary["soft"] is True and isinstance(summary["soft_changed_channels"], str)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"shaping": SparseTraining()}, "give --sparsity"),
+    ({"shaping": SparseTraining(soft=True)}, "needs --budget"),
+    ({"shaping": SparseTraining("slimming"), "budget": ["flops=0.5"]}, "needs --soft"),
+])
+def test_train_run_refuses_bad_combinations(kwargs, match, tmp_path) -> None:
+    with pytest.raises(AdcError, match=match) as excinfo:
+        train_run("zoo:plain20", tmp_path / "x", data="digits", epochs=1, **kwargs)
+    assert "\n" not in str(excinfo.value) and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sparsity": "l0"}, "unknown sparsity regulariser 'l0'; valid: group_lasso, slimming"),
+    ({"sparsity": "slimming", "strength": -1.0}, "--sparsity-strength -1.0: must be a positive number"),
+    ({"strength": 1e-4}, "give --sparsity too"),
+])
+def test_sparse_training_settings_are_checked(kwargs, match) -> None:
+    with pytest.raises(AdcError, match=match):
+        SparseTraining(**kwargs)
+
+
+def test_finetune_command_trains_a_model_from_its_checkpoint(trained_checkpoint, tmp_path) -> None:
+    from adc.cli import main
+
+    out = tmp_path / "sparse"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--model", "zoo:plain20", "--checkpoint", str(trained_checkpoint), "--data", "digits",
+              "--sparsity", "group_lasso", "--sparsity-strength", "0.01", "--epochs", "1", "--train-samples", "300",
+              "--out", str(out)])
+    assert exit_info.value.code in (0, None)
+    assert load(out / "model.pt") is not None and json.loads((out / SETTINGS_FILE).read_text())["sparsity"] == "group_lasso"
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--epochs", "1"], "give a run folder"),
+    (["--model", "zoo:plain20"], "needs --out"),
+])
+def test_finetune_command_refuses_bad_doors(args, match, capsys) -> None:
+    from adc.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1

@@ -16,12 +16,13 @@ from adc.utils.errors import AdcError
 from adc.analysis.graph import analyze
 from adc.analysis.latency import LatencyCache, build_latency_table
 from adc.analysis.space import PolicySpace
-from adc.analysis.timers import Timer
+from adc.analysis.timers import Timer  # noqa: F401  (the interface FakeTimer implements)
 from adc.envs.pruning_env import PruningEnv
 from adc.envs.task import ModelTask
 from adc.inputs.models import build_model
 from adc.objective.rewards import get_reward
 from adc.pruning.pruner import ChannelPruner
+from helpers import FakeTimer
 
 
 def table_of(model: nn.Module, x: torch.Tensor, *, timer: Timer, min_keep: float = 0.2, **kwargs):
@@ -31,18 +32,10 @@ def table_of(model: nn.Module, x: torch.Tensor, *, timer: Timer, min_keep: float
     return build_latency_table(model, x, space, prune_to=pruner.prune_kept, timer=timer, **kwargs)
 
 
-class StubTimer(Timer):
-    """Deterministic: 1 us per parameter plus 1 us; counts its calls."""
+class StubTimer(FakeTimer):
+    """Deterministic: 1 us per parameter plus 1 us."""
 
-    runtime = "stub"
-    version = "1"
-    threads = 1
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def time(self, module: nn.Module, x: torch.Tensor) -> float:
-        self.calls += 1
+    def seconds(self, module: nn.Module) -> float:
         return 1e-6 * (1 + sum(p.numel() for p in module.parameters()))
 
 

@@ -20,6 +20,7 @@ from adc.engine.checkpoint import Checkpoint
 from adc.engine.selection import select_on_holdout
 from adc.inputs.models import build_model
 from adc.objective.evaluator import Evaluation
+from adc.pruning.criteria import DATA_CRITERIA, LABEL_CRITERIA
 from adc.utils.errors import AdcError
 
 FAST = {"bn_calibration": 128, "val_size": 500}
@@ -45,7 +46,7 @@ def assert_meets_flops(pruned: nn.Module, model: nn.Module, x: torch.Tensor, fra
 def check_result(result, trained, digits_input, agent, episodes):
     """The result of a 50%-FLOPs search, and its pruned model counted independently."""
     assert not result.interrupted
-    assert len(result.history) == (1 if agent == "uniform" else episodes)
+    assert len(result.history) == (1 if adc.AGENTS.get(agent).one_policy else episodes)
     assert result.reward == max(r["reward"] for r in result.history)
     assert set(result.policy) == set(result.kept)
     assert 0.0 < result.metrics["top1"] <= 1.0
@@ -61,7 +62,7 @@ def check_result(result, trained, digits_input, agent, episodes):
         [p.shape for p in pruned.parameters()]
 
 
-@pytest.mark.parametrize("agent, episodes", [("random", 3), ("uniform", 2)])
+@pytest.mark.parametrize("agent, episodes", [("random", 3), ("uniform", 2), ("global", 2), ("netadapt", 40)])
 def test_search_result_prunes_to_a_model_within_budget(agent, episodes, trained, digits, digits_input):
     result = adc.search(trained, digits_input, data=digits, budget={"flops": 0.5}, agent=agent, episodes=episodes, **FAST)
     check_result(result, trained, digits_input, agent, episodes)
@@ -135,9 +136,10 @@ def test_ctrl_c_stops_at_the_round_end_and_resume_gives_the_uninterrupted_search
     assert resumed.reward == straight.reward
 
 
-def test_an_abrupt_stop_keeps_the_last_exact_checkpoint(trained, digits, digits_input, tmp_path):
+@pytest.mark.parametrize("agent", ["random", "cmaes", "tpe"])
+def test_an_abrupt_stop_keeps_the_last_exact_checkpoint(agent, trained, digits, digits_input, tmp_path):
     """A second Ctrl-C (or a kill) mid-round: the checkpoint stays at the last round end, and resume still matches."""
-    common = dict(data=digits, budget={"flops": 0.5}, agent="random", episodes=5, seed=1, checkpoint_every=2, **FAST)
+    common = dict(data=digits, budget={"flops": 0.5}, agent=agent, episodes=5, seed=1, checkpoint_every=2, **FAST)
 
     def stop_now_at_3(record, best):
         if record["episode"] == 2:
@@ -413,3 +415,20 @@ def test_an_evaluate_raising_mid_search_stops_it_with_one_line(tmp_path):
                         **NO_CALIBRATION)
     assert result.failure is not None and "evaluate failed: ValueError: disk went away" in result.failure
     assert len(result.history) == 1
+
+
+@pytest.mark.parametrize("criterion", sorted(DATA_CRITERIA))
+def test_the_search_gives_data_criteria_their_calibration_batches(criterion, trained, digits, digits_input):
+    result = adc.search(trained, digits_input, data=digits, budget={"flops": 0.5}, agent="uniform", episodes=1,
+                        criterion=criterion, reconstruct=False, **FAST)
+    assert result.calibration["criterion"] == criterion and result.calibration["calibration_images"] > 0
+    assert result.metrics["flops_ratio"] <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("criterion", sorted(LABEL_CRITERIA))
+def test_label_criteria_refuse_unlabelled_calibration_images(criterion, trained, digits, digits_input):
+    images = torch.stack([x for x, _ in digits.train][:64])
+    with pytest.raises(AdcError, match=f"criterion '{criterion}' needs labelled calibration data") as excinfo:
+        adc.search(trained, digits_input, evaluate=stub_evaluate, calibration=images, agent="uniform", episodes=1,
+                   criterion=criterion)
+    assert "\n" not in str(excinfo.value)

@@ -5,7 +5,8 @@ measured latency of that layer *together with the batch norm and activation
 that follow it in the forward pass* (when they do), run in isolation at a grid
 of kept (input, output) channel counts the search can reach: ``points`` counts
 per axis from the smallest kept count (every unit at ``min_keep``) to the full
-width. Layers whose input (or output) channels no unit prunes have a one-point
+width, multiples of the search's ``round_to`` (a runtime that rewards aligned
+counts is timed at the counts its policies have, not at odd ones in between). Layers whose input (or output) channels no unit prunes have a one-point
 axis, depthwise convolutions a single axis (their input and output channels
 are the same channels). Between grid points the latency is bilinearly
 interpolated (linearly extrapolated below the grid); after measuring, the grid
@@ -17,8 +18,8 @@ constant``, calibrated on two end-to-end measurements: the unpruned model and
 the model with every unit at ``min_keep``. The constant accounts for what the
 table does not time (pooling, residual additions, the framework's per-call
 overhead); the scale for the systematic difference between timing a layer alone
-and inside the network (caches, memory allocation; isolated timings ran 10-40%
-high on a 2-core CPU). With a single point (``min_keep=1``), or a scale outside
+and inside the network (caches, memory allocation: isolated timings run high;
+``benchmarks/results/latency_check.md`` has the figures). With a single point (``min_keep=1``), or a scale outside
 [0.2, 5] (a noisy measurement), the scale is 1 and the constant is the unpruned
 latency minus the sum of the unpruned entries, as in NetAdapt. Timing conv + BN +
 activation together rather than the conv alone keeps the channel-dependent
@@ -341,7 +342,8 @@ class LatencyTable:
             raise AdcError("the latency table was built for another model (its layers differ); build it for this model")
 
 
-def _model_key(model: nn.Module, shape: tuple[int, ...]) -> str:
+def model_key(model: nn.Module, shape: tuple[int, ...]) -> str:
+    """A model's structure and input shape (not its weights: they do not change the time), hashed."""
     return hashlib.sha256(f"{model!r}|{list(shape)}".encode()).hexdigest()[:24]
 
 
@@ -392,36 +394,41 @@ def build_latency_table(
     graph = space.graph
     cache = LatencyCache(cache_dir, {**timer.key(), "batch": int(batch), "format": CACHE_FORMAT})
     specs = _layer_specs(model, example_input, graph)
-    grids = _grids(specs, graph, space.min_kept, points)
-    model_key = _model_key(model, tuple(example_input.shape[1:]))
+    grids = _grids(specs, graph, space.min_kept, points, space.round_to)
+    whole = model_key(model, tuple(example_input.shape[1:]))
     calibrate = prune_to is not None and bool((space.min_kept < graph.channels).any())
-    min_key = f"{model_key}|min_kept={hashlib.sha256(space.min_kept.tobytes()).hexdigest()[:12]}"
+    min_key = f"{whole}|min_kept={hashlib.sha256(space.min_kept.tobytes()).hexdigest()[:12]}"
     for attempt in range(2):
-        measurements = _measure(model, example_input, specs, grids, cache, timer, batch=batch, model_key=model_key,
+        measurements = _measure(model, example_input, specs, grids, cache, timer, batch=batch, model_key=whole,
                                 min_key=min_key if calibrate else None, space=space, prune_to=prune_to,
                                 progress=progress)
         values = [_grid_values(cache.layers[spec.key], spec, grid) for spec, grid in zip(specs, grids)]
         info = {**timer.key(), "batch": int(batch), "input_shape": list(example_input.shape[1:]), "cache": str(cache.path)}
-        table = LatencyTable(graph, [g[0] for g in grids], [g[1] for g in grids], values, cache.models[model_key], info,
+        table = LatencyTable(graph, [g[0] for g in grids], [g[1] for g in grids], values, cache.models[whole], info,
                              measurements, cache.models.get(min_key) if calibrate else None, space.min_kept)
         problem = table.implausible()
         if problem is None:
             return table
         if attempt == 0:  # a burst of load during some timings: measure this model's entries once more
             warnings.warn(f"latency table of {type(model).__name__}: {problem}; measuring it again", stacklevel=2)
-            cache.forget([spec.key for spec in specs], [model_key, min_key])
+            cache.forget([spec.key for spec in specs], [whole, min_key])
     raise AdcError(f"the latency table of {type(model).__name__} is implausible after measuring it twice ({problem}); "
                    "time on a quieter machine, or with --threads 1")
 
 
-def _grids(specs: list[_LayerSpec], graph: ModelGraph, min_kept: np.ndarray,
-           points: int) -> list[tuple[list[int], list[int], list[tuple[int, int]]]]:
-    """Per layer: the kept input counts, output counts and (in, out) pairs to time."""
+def _grids(specs: list[_LayerSpec], graph: ModelGraph, min_kept: np.ndarray, points: int,
+           round_to: int = 1) -> list[tuple[list[int], list[int], list[tuple[int, int]]]]:
+    """Per layer: the kept input counts, output counts and (in, out) pairs to time.
+
+    Grid counts are multiples of the search's ``round_to`` (of the groups in a
+    grouped convolution), the counts its policies have: a runtime that
+    rewards aligned counts is timed at aligned counts, not at odd ones.
+    """
     out_low, in_low = graph.layer_channels(min_kept)
     grids = []
     for li, spec in enumerate(specs):
         lc = graph.layers[li]
-        mult = spec.groups if spec.groups > 1 else 1
+        mult = spec.groups if spec.groups > 1 else max(1, int(round_to))
         gi = _axis(lc.in_channels, in_low[li], points, mult)
         if spec.depthwise:
             ratio = lc.out_channels // lc.in_channels

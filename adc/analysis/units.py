@@ -83,6 +83,11 @@ class Unit:
     params: int = 0
     members: list[Member] = field(default_factory=list, repr=False)
 
+    @property
+    def layer_members(self) -> list[Member]:
+        """The members that are modules (layers, norms), without loose parameters such as a layer scale."""
+        return [m for m in self.members if not m.is_parameter]
+
     def kept(self, sparsity: float, round_to: int = 1) -> int:
         """Channels kept at ``sparsity``, rounded, never zero.
 

@@ -21,7 +21,7 @@ def latency_table_command(
     device: Annotated[str, typer.Option(help="cpu or cuda (torch runtime only).")] = "cpu",
     threads: Annotated[int, typer.Option(help="CPU threads (default 1, as adc search, so a search reuses the table).")] = 1,
     min_keep: Annotated[float, typer.Option(help="Smallest kept fraction the search will allow (the grid's lower end).")] = 0.2,
-    round_to: Annotated[int, typer.Option(help="The search's --round-to.")] = 1,
+    round_to: Annotated[int, typer.Option(help="The search's --round-to (after auto: the multiple its report names).")] = 1,
     points: Annotated[int, typer.Option(help="Grid points per channel axis.")] = 5,
     cache_dir: Annotated[str | None, typer.Option(help="Cache folder (default ~/.cache/adc/latency, or $ADC_CACHE_DIR/latency).")] = None,
 ) -> None:

@@ -13,6 +13,7 @@ from adc.cli.console import console, progress_bar, warn
 from adc.engine.result import SearchResult
 from adc.run.config import RunConfig
 from adc.run.folder import RunFolder
+from adc.run.iterative import IterativeResult, run_iterations
 from adc.run.pipeline import RunHooks, run_search
 
 
@@ -20,14 +21,14 @@ def search_command(
     model: Annotated[str | None, typer.Option(help="Model spec: zoo:NAME, torchvision:NAME, file.py:fn, package.module:fn.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="State dict of the trained model (loaded with weights_only=True).")] = None,
     data: Annotated[str | None, typer.Option(help="Data spec: digits, fashion-mnist, cifar10[:ROOT], imagefolder:DIR, fake, file.py:fn.")] = None,
-    budget: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable: flops=0.5, params=1.5M, macs=120M, latency=0.6, energy=2mJ.")] = None,
+    budget: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable: flops=0.5, params=1.5M, macs=120M, latency=0.6, energy=2mJ; a range latency=0.3:0.9[:STEP] gives a front of models.")] = None,
     episodes: Annotated[int | None, typer.Option(help="Episodes in all (default 100).")] = None,
     agent: Annotated[str | None, typer.Option(help="ddpg, td3, sac, uniform, random, sensitivity, ...")] = None,
     criterion: Annotated[str | None, typer.Option(help="Channel criterion: l1, l2, fpgm, bn_scale, taylor, apoz, random, ...")] = None,
     reward: Annotated[str | None, typer.Option(help="acc, acc_flops, acc_params, acc_latency, acc_energy, or package.module:fn / file.py:fn.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed; the same seed gives the same search on the CPU.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
-    round_to: Annotated[int | None, typer.Option(help="Round kept channels to multiples of this.")] = None,
+    round_to: Annotated[str | None, typer.Option(help="Round kept channels to multiples of this, or auto (default): a short measured probe on --runtime picks among 1, 4, 8, 16, 32.")] = None,
     min_keep: Annotated[float | None, typer.Option(help="Smallest kept fraction of any unit (default 0.2).")] = None,
     bn_calibration: Annotated[int | None, typer.Option(help="Training images for BN recalibration (0: off).")] = None,
     val_size: Annotated[int | None, typer.Option(help="Validation images the reward is computed on.")] = None,
@@ -49,6 +50,8 @@ def search_command(
     ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster (auto, HOST:PORT, ray://HOST:PORT) instead of starting one.")] = None,
     eval_batch_size: Annotated[int | None, typer.Option(help="Images per forward pass when evaluating candidates (default 128; raise on a GPU).")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option(help="GPU share of each worker with --device cuda (default 1/workers).")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Search and prune in N steps toward the budget, each from the last step's model (geometric steps against the original's cost; default 1).")] = None,
+    iteration_finetune: Annotated[int | None, typer.Option(help="Fine-tuning epochs between those steps (default 0).")] = None,
     config: Annotated[Path | None, typer.Option(help="Rerun the settings of a config.toml or run folder (flags override it).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the search in this folder to its planned total (same settings).")] = None,
 ) -> None:
@@ -62,6 +65,9 @@ def search_command(
     out_dir = resume if resume is not None else out
 
     started = time.perf_counter()
+    if settings.iterations > 1:
+        _iterate(settings, out_dir, resume is not None, started)
+        return
     with progress_bar("search") as bar:
         result, folder = run_search(settings, out=out_dir, resume=resume is not None,
                                     hooks=_bar_hooks(bar, bar.add_task("search", total=settings.search.episodes, info="")))
@@ -70,6 +76,15 @@ def search_command(
         warn("interrupted: the best policy so far and its model were written; "
              f"continue with: adc search --resume {folder}")
         raise typer.Exit(130)
+
+
+def _iterate(settings: RunConfig, out_dir: Any, resume: bool, started: float) -> None:
+    """``--iterations N``: one progress bar over every step's episodes, then the steps' table."""
+    total = settings.search.episodes * settings.iterations
+    with progress_bar("search") as bar:
+        run = run_iterations(settings, out=out_dir, resume=resume,
+                             hooks=_bar_hooks(bar, bar.add_task("search", total=total, info="")))
+    print_iterations(run, time.perf_counter() - started)
 
 
 def _bar_hooks(bar: Any, task: Any) -> RunHooks:
@@ -105,3 +120,22 @@ def print_result(result: SearchResult, folder: RunFolder, seconds: float) -> Non
         f"FLOPs {m['flops_ratio']:.3f}, params {m['params_ratio']:.3f} of the original  |  "
         f"{len(result.history)} episodes in {seconds:.1f} s", highlight=False)
     console.print(f"wrote {folder}/: {' '.join(folder.written())}", highlight=False)
+
+
+def print_iterations(run: IterativeResult, seconds: float) -> None:
+    """One row per step, then the final model's counted costs against the original."""
+    table = Table(title="Iterative pruning", show_lines=False)
+    for col in ("step", "budget (of the original)", "validation top-1", "test top-1", "fine-tuned test top-1"):
+        table.add_column(col, justify="left" if col.startswith("budget") else "right")
+    for s in run.steps:
+        tuned = (s.get("finetune") or {}).get("test_top1_kept")
+        table.add_row(str(s["step"]), ", ".join(f"{k} {v:.3f}" for k, v in s["budget_of_original"].items()),
+                      f"{100 * s['val_top1']:.2f}%", "-" if s["test_top1"] is None else f"{100 * s['test_top1']:.2f}%",
+                      "-" if tuned is None else f"{100 * tuned:.2f}%")
+    console.print(table)
+    f = run.final
+    console.print(f"final model: FLOPs {f['flops_ratio']:.3f}, params {f['params_ratio']:.3f} of the original (counted); "
+                  f"test top-1 {100 * f['test_top1']['original']:.2f}% -> {100 * f['test_top1']['pruned']:.2f}% | "
+                  f"{len(run.steps)} steps in {seconds:.1f} s", highlight=False)
+    console.print(f"wrote {run.folder}/: model.pt policy.json iterations.json report.md config.toml "
+                  f"{' '.join(s['folder'] + '/' for s in run.steps)}", highlight=False)

@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adc.agents import AGENTS, parse_options
+from adc.analysis.alignment import check_round_to_setting
 from adc.analysis.energy import EnergyModel, load_energy_model
 from adc.analysis.timers import RUNTIMES
 from adc.objective.budgets import BudgetSpec, parse_budget
 from adc.objective.rewards import NEEDS_LATENCY, Reward, get_reward
-from adc.pruning.criteria import CRITERIA
+# DATA_CRITERIA: the criteria the search collects calibration batches for (once per search, never per
+# episode); LABEL_CRITERIA: those that need labelled batches. Each criterion declares it when it registers.
+from adc.pruning.criteria import CRITERIA, DATA_CRITERIA, LABEL_CRITERIA  # noqa: F401  (read by the search)
 from adc.utils.device import check_device
 from adc.utils.errors import AdcError
-
-DATA_CRITERIA = frozenset({"taylor", "apoz"})
-"""Criteria that need calibration batches (the others read only the weights)."""
 
 
 def flag(name: str) -> str:
@@ -101,13 +101,17 @@ class SearchOptions:
     """Every setting of one search (see the README for each flag).
 
     Attributes:
-        budget: ``["flops=0.5", "params=1.5M"]`` or ``{"flops": 0.5}``; parsed into :attr:`budgets`.
+        budget: ``["flops=0.5", "params=1.5M"]`` or ``{"flops": 0.5}``; parsed into :attr:`budgets`. One budget
+            may be a range of fractions, ``latency=0.3:0.9[:STEP]``: the search then hands back a front of models
+            (:attr:`front`, :mod:`adc.engine.front`).
         agent: Name in :data:`adc.agents.AGENTS`.
         episodes: Episodes in all (a learning agent's last tenth exploit, the tenth before refines).
         criterion: Channel criterion (:data:`adc.pruning.criteria.CRITERIA`).
         reward: Reward name, ``file.py:fn`` / ``package.module:fn``, or a callable.
         seed: Seeds everything random; the same seed gives the same search on the CPU.
-        round_to: Kept channel counts are multiples of this.
+        round_to: Kept channel counts are multiples of this, or ``"auto"``: a short measured probe on the
+            search's runtime, device and batch picks the multiple (1, 4, 8, 16, 32) that runs fastest per MAC
+            (:mod:`adc.analysis.alignment`).
         min_keep: Smallest kept fraction of any unit.
         bn_calibration: Training images for batch-norm recalibration (0: off).
         val_size: Validation images the reward is computed on.
@@ -138,7 +142,7 @@ class SearchOptions:
     criterion: str = "l1"
     reward: str | Callable[..., Any] = "acc"
     seed: int = 0
-    round_to: int = 1
+    round_to: int | str = "auto"
     min_keep: float = 0.2
     bn_calibration: int = 512
     val_size: int = 1000
@@ -171,9 +175,10 @@ class SearchOptions:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(SearchOptions)
         for f in dataclasses.fields(self):
-            if f.init and f.name not in ("budget", "energy_model", "reward"):
+            if f.init and f.name not in ("budget", "energy_model", "reward", "round_to"):
                 check_type(f.name, getattr(self, f.name), hints[f.name])
         self.budgets = _budget_specs(self.budget)
+        self.round_to = check_round_to_setting(self.round_to)
         self._check_ranges()
         AGENTS.get(self.agent)
         self.agent_options = dict(self.agent_options)
@@ -191,11 +196,12 @@ class SearchOptions:
             self.energy = load_energy_model(self.energy_model)
         else:
             raise AdcError(f"--energy-model {self.energy_model!r}: must be a TOML file or an EnergyModel")
+        self._check_front()
         if self.ray_address is not None and not _RAY_ADDRESS.match(self.ray_address):
             raise AdcError(f"--ray-address {self.ray_address!r}: expected auto, local, HOST:PORT or ray://HOST:PORT")
 
     def _check_ranges(self) -> None:
-        positive = ("episodes", "threads", "round_to", "latency_batch", "workers", "checkpoint_every", "eval_batch_size",
+        positive = ("episodes", "threads", "latency_batch", "workers", "checkpoint_every", "eval_batch_size",
                     "val_size")
         for name in positive:
             if getattr(self, name) < 1:
@@ -212,6 +218,24 @@ class SearchOptions:
             raise AdcError("--bn-calibration 1: batch-norm recalibration needs at least 2 images (0 turns it off)")
         if self.gpus_per_worker is not None and not 0 < self.gpus_per_worker <= 8:
             raise AdcError(f"--gpus-per-worker {self.gpus_per_worker}: must be in (0, 8]")
+
+    def _check_front(self) -> None:
+        ranges = [b for b in self.budgets if b.is_range]
+        if len(ranges) > 1:
+            raise AdcError(f"--budget {ranges[1]}: only one budget may be a range (a front of models); "
+                           f"{ranges[0]} already is")
+        if ranges and self.episodes < len(ranges[0].points()):
+            raise AdcError(f"--episodes {self.episodes}: the front {ranges[0]} has {len(ranges[0].points())} points; "
+                           "give at least one episode per point")
+
+    @property
+    def front(self) -> BudgetSpec | None:
+        """The budget given as a range (``latency=0.3:0.9``): the search then hands back one model per point."""
+        return next((b for b in self.budgets if b.is_range), None)
+
+    def budgets_at(self, point: BudgetSpec | None) -> tuple[BudgetSpec, ...]:
+        """The budgets with the range replaced by one of its points (all of them unchanged when there is no range)."""
+        return tuple(point if b.is_range and point is not None else b for b in self.budgets)
 
     @property
     def needs_latency_table(self) -> bool:

@@ -39,6 +39,13 @@ class SearchResult:
             that had no effect, fewer images than asked for, a skipped step).
         calibration: What the batch-norm recalibration, the criteria and the
             reconstruction used (for the report).
+        budget: The budgets this policy meets, as text (one point's, for a front).
+        alignment: With ``round_to="auto"``, the probe's measurements and choice
+            (:meth:`adc.analysis.alignment.AlignmentProbe.as_dict`; ``reason`` says why in one line).
+        latency_hold: With a latency budget, the measured check of the final candidates
+            (:class:`adc.engine.latency_hold.LatencyHold` as a dict): predicted and measured latency side by side.
+        front: For a budget range, one result per point, tightest first (this result is the last, loosest one).
+        point: For a point of a front, its budget (``latency=0.45``).
     """
 
     policy: dict[str, float]
@@ -54,7 +61,20 @@ class SearchResult:
     episode: int = -1
     notes: list[str] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
+    budget: str = ""
+    alignment: dict[str, Any] | None = None
+    latency_hold: dict[str, Any] | None = None
+    front: list[SearchResult] = field(default_factory=list, repr=False)
+    point: str | None = None
     _evaluator: Evaluator | None = field(default=None, repr=False)
+
+    @property
+    def measured_latency(self) -> dict[str, Any] | None:
+        """The measured check of this policy (``predicted``, ``measured``, ratios, ``holds``), when one was made."""
+        if not self.latency_hold:
+            return None
+        found = [m for m in self.latency_hold["measured"] if m["episode"] == self.episode]
+        return found[-1] if found else None
 
     @property
     def criterion(self) -> str:

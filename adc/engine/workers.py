@@ -19,6 +19,7 @@ extra (``pip install 'adc[ray]'``); a local instance is started unless
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import replace
 from typing import Any
 
@@ -53,22 +54,41 @@ class InProcessPool:
 class _Worker:
     """One Ray actor: an evaluator per scoring, on the actor's device and threads."""
 
-    def __init__(self, evaluator: Evaluator, device: str, threads: int) -> None:
+    def __init__(self, shipped: list[Any], device: str, threads: int) -> None:
+        import ray
+
         torch.set_num_threads(threads)
+        # The evaluator comes as a reference inside a list: the actor fetches it itself, here and again if Ray
+        # restarts it, while the driver keeps the object alive.
+        evaluator = ray.get(shipped[0])
         self.evaluators = {"search": evaluator.to(device) if device != "cpu" else evaluator}
         self.device = device
 
-    def add_score(self, name: str, score: Score, source: str) -> int:
-        self.evaluators[name] = self.evaluators["search"].with_score(score, source)
-        if self.device != "cpu":
-            self.evaluators[name] = self.evaluators[name].to(self.device)
-        return os.getpid()
+    def evaluate(self, kept: np.ndarray, score: str, shipped: list[Any] | None = None, source: str = "") -> Evaluation:
+        """Score one policy; another scoring (held-out images) is fetched on its first use, also after a restart."""
+        if score not in self.evaluators:
+            import ray
 
-    def evaluate(self, kept: np.ndarray, score: str) -> Evaluation:
+            evaluator = self.evaluators["search"].with_score(ray.get(shipped[0]), source)  # type: ignore[index]
+            self.evaluators[score] = evaluator.to(self.device) if self.device != "cpu" else evaluator
         return self.evaluators[score](kept)
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse in one line a ``HOST:PORT`` nobody answers on (Ray itself would retry for minutes)."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise AdcError(f"--ray-address: cannot start or join the Ray cluster at {address!r}: nothing answers at "
+                       f"{host}:{port} ({exc.strerror or type(exc).__name__}); start it with `ray start --head`, "
+                       "or leave --ray-address out for a local instance") from None
 
 
 def _import_ray() -> Any:
@@ -106,7 +126,10 @@ class RayPool:
                     cpus = max(os.cpu_count() or 1, workers * threads)
                     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
                 else:
+                    _check_reachable(address)
                     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            except AdcError:
+                raise
             except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
                 where = f"the Ray cluster at {address!r}" if address not in (None, "local") else "a local Ray instance"
                 raise AdcError(f"--ray-address: cannot start or join {where}: {one_line(exc)}") from exc
@@ -117,20 +140,22 @@ class RayPool:
         actor = ray.remote(num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)(_Worker)
         worker_device = "cuda" if device.startswith("cuda") else "cpu"
         ref = ray.put(evaluator.to("cpu") if device != "cpu" else evaluator)
-        self._actors = [actor.remote(ref, worker_device, threads) for _ in range(workers)]
+        self._actors = [actor.remote([ref], worker_device, threads) for _ in range(workers)]
         self._ref = ref
+        self._scores: dict[str, tuple[Any, str]] = {}
 
     def pids(self) -> list[int]:
         """The process id of every worker (tests kill one)."""
         return self._ray.get([a.pid.remote() for a in self._actors])
 
     def add_score(self, name: str, score: Score, source: str) -> None:
-        """Ship another scoring to every worker (once)."""
-        ref = self._ray.put(score)
-        self._ray.get([a.add_score.remote(name, ref, source) for a in self._actors])
+        """Register another scoring; it is shipped once, and each worker fetches it on first use."""
+        self._scores[name] = (self._ray.put(score), source)
 
     def evaluate(self, kepts: list[np.ndarray], score: str = "search") -> list[Evaluation]:
-        refs = [self._actors[i % self.workers].evaluate.remote(np.asarray(k), score) for i, k in enumerate(kepts)]
+        shipped, source = ([self._scores[score][0]], self._scores[score][1]) if score in self._scores else (None, "")
+        refs = [self._actors[i % self.workers].evaluate.remote(np.asarray(k), score, shipped, source)
+                for i, k in enumerate(kepts)]
         try:
             results = self._ray.get(refs)
         except self._ray.exceptions.RayTaskError as exc:  # the evaluation itself raised (a user plug-in, say)

@@ -8,7 +8,7 @@ A data spec is a registered source, optionally with an argument after a colon
 The validation split, which the search's reward uses, is always carved out of
 the training data with a fixed seed; the test split is separate and is only
 reported. A model trained for pruning must train on ``train`` only, never on
-``val`` (see DESIGN.md: otherwise the reward measures training accuracy).
+``val``: otherwise the reward measures training accuracy, not how a pruned model generalises.
 """
 
 from __future__ import annotations

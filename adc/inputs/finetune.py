@@ -9,8 +9,10 @@ only reported, never used to choose. With a ``teacher`` it adds knowledge
 distillation (Hinton et al., 2015): the loss is ``alpha * T^2 *
 KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * cross-entropy``.
 ``extra_loss`` adds a term to every batch's loss (the sparsity regularisers of
-:mod:`adc.inputs.sparsity`) and ``on_epoch_end`` sees the model after every
-epoch (soft filter pruning re-zeroes its filters there).
+:mod:`adc.pruning.sparsity`); ``on_epoch_start`` and ``on_epoch_end`` see the
+model before and after every epoch's training (soft filter pruning,
+:mod:`adc.pruning.soft`, re-zeroes its filters at the end and lets them train
+again at the start).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class FinetuneOptions:
         alpha: Weight of the distillation term; ``1 - alpha`` weighs the label loss.
         train_samples: Train on this many training images (a fixed random subset
             chosen with ``seed``) instead of all, for a shorter fine-tune.
+        keep_last: Hand back the model after the last epoch instead of the best on
+            validation (a sparse training, whose point is the sparsity it reaches).
     """
 
     epochs: int = 5
@@ -76,6 +80,7 @@ class FinetuneOptions:
     temperature: float = 4.0
     alpha: float = 0.9
     train_samples: int | None = None
+    keep_last: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -114,6 +119,7 @@ def finetune(
     *,
     teacher: nn.Module | None = None,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    on_epoch_start: Callable[[nn.Module, int], None] | None = None,
     on_epoch_end: Callable[[nn.Module, int], None] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     **settings: Any,
@@ -124,7 +130,8 @@ def finetune(
     test split) before training (record ``epoch`` 0) and after every epoch; the
     returned model is the one with the highest validation top-1 (the earliest on
     ties, so the starting model when training did not help), in eval mode, with
-    the attributes :func:`adc.save` needs kept. ``model`` itself is not modified.
+    the attributes :func:`adc.save` needs kept (the last epoch's with
+``keep_last``). ``model`` itself is not modified.
 
     Args:
         model: The (pruned) classifier.
@@ -132,7 +139,8 @@ def finetune(
         options: The settings; ``**settings`` overrides single fields (``epochs=2``).
         teacher: The unpruned model to distil from (None: cross-entropy only).
         extra_loss: A term added to every batch's loss, a function of the model (a sparsity regulariser).
-        on_epoch_end: Called with the model and the epoch number after each epoch's training.
+        on_epoch_start: Called with the model and the epoch number before each epoch's training.
+        on_epoch_end: Called with the model and the epoch number after each epoch's training, before it is scored.
         progress: Called after each epoch with its record.
 
     Returns:
@@ -173,6 +181,8 @@ def finetune(
     for epoch in range(1, o.epochs + 1):
         started = time.perf_counter()
         epoch_lr = optimizer.param_groups[0]["lr"]
+        if on_epoch_start is not None:
+            on_epoch_start(student, epoch)
         train_loss = train_epoch(student, loader, optimizer, scheduler, device=dev, epoch=epoch, loss_fn=loss_fn)
         if on_epoch_end is not None:
             on_epoch_end(student, epoch)
@@ -182,10 +192,15 @@ def finetune(
             best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
         if progress is not None:
             progress(records[-1])
+    if o.keep_last:
+        records[-1]["kept"] = True
+        return student.eval(), records
     student.load_state_dict(best_state)
     return student.eval(), records
 
 
 def kept_epoch(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The record :func:`finetune` returned the model of: highest validation top-1, earliest on ties."""
-    return max(records, key=lambda r: (r["val_top1"], -r["epoch"]))
+    """The record :func:`finetune` returned the model of: highest validation top-1, earliest on ties
+    (the last epoch's with ``keep_last``, marked ``"kept"``)."""
+    marked = [r for r in records if r.get("kept")]
+    return marked[-1] if marked else max(records, key=lambda r: (r["val_top1"], -r["epoch"]))

@@ -93,16 +93,48 @@ def _parse_with_unit(text: str, key: str, value: str) -> BudgetSpec:
     return BudgetSpec(key, number * units[unit], False)
 
 
+FRONT_POINTS = 5
+"""Points of a budget range given without a step (``latency=0.3:0.9``)."""
+MAX_FRONT_POINTS = 20
+
+
+class UnreachableBudget(AdcError):
+    """A budget that even the most pruned policy of the space cannot meet (a finer rounding may reach it)."""
+
+
 @dataclass(frozen=True)
 class BudgetSpec:
-    """A parsed ``KEY=VALUE`` budget: a fraction of the original, or an absolute amount."""
+    """A parsed ``KEY=VALUE`` budget: a fraction of the original, or an absolute amount.
+
+    A range ``KEY=START:STOP[:STEP]`` (fractions) asks for a front of models, one
+    per point: ``value`` is START, ``stop`` STOP, ``step`` STEP (None: :data:`FRONT_POINTS` points).
+    """
 
     key: str
     value: float
     relative: bool
+    stop: float | None = None
+    step: float | None = None
+
+    @property
+    def is_range(self) -> bool:
+        return self.stop is not None
+
+    def points(self) -> list[BudgetSpec]:
+        """The single budgets of a range, tightest first (a plain budget: itself)."""
+        if self.stop is None:
+            return [self]
+        if self.step is None:
+            values = np.linspace(self.value, self.stop, FRONT_POINTS)
+        else:
+            values = np.arange(self.value, self.stop + self.step * 1e-6, self.step)
+        return [BudgetSpec(self.key, round(float(v), 10), True) for v in values]
 
     def __str__(self) -> str:
         """The spec as :func:`parse_budget` reads it back (absolute latency in ms, energy in mJ)."""
+        if self.stop is not None:
+            step = f":{self.step:g}" if self.step is not None else ""
+            return f"{self.key}={self.value:g}:{self.stop:g}{step}"
         if self.relative:
             return f"{self.key}={self.value:g}"
         if self.key == "latency":
@@ -151,6 +183,8 @@ def parse_budget(text: str) -> BudgetSpec:
         raise AdcError(f"budget {text!r}: expected KEY=VALUE such as flops=0.5 or params=1.5M; keys: {', '.join(BUDGET_METRICS.names())}")
     if key not in BUDGET_METRICS:
         raise AdcError(f"budget {text!r}: unknown key {key!r}; valid: {', '.join(BUDGET_METRICS.names())}")
+    if ":" in value:
+        return _parse_range(text, key, value)
     if key in UNITS:
         return _parse_with_unit(text, key, value)
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGT]?)\s*", value)
@@ -165,6 +199,27 @@ def parse_budget(text: str) -> BudgetSpec:
     if not suffix and number == 1:
         raise AdcError(f"budget {text!r}: 1 would prune nothing; give a fraction below 1 or an absolute amount like {key}=120M; {keys}")
     return BudgetSpec(key, number * SUFFIXES[suffix], False)
+
+
+def _parse_range(text: str, key: str, value: str) -> BudgetSpec:
+    """``START:STOP[:STEP]``: fractions 0 < START < STOP < 1, a positive STEP, 2 to MAX_FRONT_POINTS points."""
+    usage = f"a range is {key}=START:STOP or {key}=START:STOP:STEP with fractions 0 < START < STOP < 1 ({key}=0.3:0.9)"
+    parts = value.split(":")
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise AdcError(f"budget {text!r}: {usage}") from None
+    if len(numbers) not in (2, 3) or not all(np.isfinite(numbers)):
+        raise AdcError(f"budget {text!r}: {usage}")
+    start, stop = numbers[:2]
+    step = numbers[2] if len(numbers) == 3 else None
+    if not 0 < start < stop < 1 or (step is not None and step <= 0):
+        raise AdcError(f"budget {text!r}: {usage}")
+    spec = BudgetSpec(key, start, True, stop, step)
+    if not 2 <= len(spec.points()) <= MAX_FRONT_POINTS:
+        raise AdcError(f"budget {text!r}: the range has {len(spec.points())} points; give a STEP that makes 2 to "
+                       f"{MAX_FRONT_POINTS}")
+    return spec
 
 
 def resolve_budgets(specs: Iterable[BudgetSpec | str], space: PolicySpace, **context: Any) -> list[Budget]:
@@ -188,6 +243,8 @@ def resolve_budgets(specs: Iterable[BudgetSpec | str], space: PolicySpace, **con
     seen = set()
     for spec in specs:
         spec = parse_budget(spec) if isinstance(spec, str) else spec
+        if spec.is_range:
+            raise AdcError(f"budget {spec} is a range (a front of models): resolve one of its points at a time")
         if spec.key in seen:
             raise AdcError(f"budget {spec.key!r} is given twice; give each key once")
         seen.add(spec.key)
@@ -198,7 +255,7 @@ def resolve_budgets(specs: Iterable[BudgetSpec | str], space: PolicySpace, **con
         if limit >= original:
             raise AdcError(f"budget {spec}: the unpruned model already needs only {original:.4g} {spec.key}; nothing to prune")
         if reachable > limit * (1 + 1e-9):
-            raise AdcError(
+            raise UnreachableBudget(
                 f"budget {spec} is unreachable: even the maximum sparsity allowed leaves {reachable:.4g} {spec.key} "
                 f"({reachable / original:.3f} of the original); the smallest reachable budget is "
                 f"{spec.key}={reachable / original:.3f} (or lower the minimum kept fraction, now {space.min_keep:g})"
@@ -207,3 +264,21 @@ def resolve_budgets(specs: Iterable[BudgetSpec | str], space: PolicySpace, **con
     if not budgets:
         raise AdcError(f"no budget given; pass at least one, e.g. --budget flops=0.5 (keys: {', '.join(BUDGET_METRICS.names())})")
     return budgets
+
+
+def uniform_kept(space: PolicySpace, budgets: Iterable[Budget]) -> np.ndarray:
+    """Kept channels per unit of the uniform policy (one sparsity for every unit) that comes closest to
+    every budget without exceeding it; the most pruned one when none fits."""
+    budgets = list(budgets)
+
+    def fits(action: float) -> bool:
+        kept = space.kept_of_actions([action] * len(space.units))
+        return all(b.price(kept) <= b.limit * (1 + 1e-9) for b in budgets)
+
+    lo, hi = 0.0, 1.0
+    if fits(0.0):
+        return space.kept_of_actions([0.0] * len(space.units))
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return space.kept_of_actions([hi] * len(space.units))

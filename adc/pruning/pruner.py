@@ -21,7 +21,7 @@ from adc.analysis.graph import ModelGraph, Unit, analyze
 from adc.analysis.surgery import remove_channels
 from adc.analysis.verify import pruning_fault
 from adc.pruning.criteria import CRITERIA, ScoreContext, as_batches
-from adc.pruning.reconstruction import collect_statistics, reconstructable, refit
+from adc.pruning.reconstruction import reconstructable, refit
 from adc.utils.errors import AdcError
 
 __all__ = ["PRUNING_ATTR", "ChannelPruner", "check_pruned", "prune", "remove_channels"]
@@ -54,6 +54,10 @@ class ChannelPruner:
         reconstruct: Refit pruned layers by least squares (AMC / ThiNet).
         seed: Seed for the ``random`` criterion and reconstruction sampling.
         graph: A graph already built by :func:`adc.graph.analyze` for ``model``.
+
+    Attributes:
+        scores: Unit name -> the criterion's score of every channel (higher = keep).
+        ranking: Unit name -> channel order, most important first.
     """
 
     def __init__(
@@ -81,8 +85,10 @@ class ChannelPruner:
         if reconstruct and not batches:
             raise AdcError("reconstruct=True needs calibration data (training batches) to fit the pruned layers")
         ctx = ScoreContext(model, self.graph, batches, seed)
-        self.ranking = {u.name: _ranking(u, score(ctx, u)) for u in self.graph.units}
-        self.statistics = collect_statistics(model, self.graph, batches, seed=seed) if reconstruct else {}
+        self.scores = {u.name: score(ctx, u).detach().double().cpu().numpy() for u in self.graph.units}
+        self.ranking = {u.name: _ranking(u, torch.as_tensor(self.scores[u.name])) for u in self.graph.units}
+        # Shared with the reconstruction-based criteria: collected once.
+        self.statistics = ctx.layer_statistics() if reconstruct else {}
 
     def to(self, device: str | torch.device) -> ChannelPruner:
         """This pruner with its model and example input on ``device`` (a worker's GPU); the ranking is kept."""
@@ -142,13 +148,31 @@ class ChannelPruner:
                 if reconstructable(modules[name]):
                     refit(modules[name], stats, kept_in, kept_out)
         setattr(pruned, PRUNING_ATTR, {
-            "kept": {u.name: [int(i) for i in keep[u.name]] for u in self.graph.units if u.name in keep
-                     and len(keep[u.name]) < u.channels},
+            "kept": self._kept_in_original(keep),
             "example_shape": list(self.graph.example_shape),
             "round_to": self.round_to,
             "criterion": self.criterion,
         })
         return pruned
+
+    def _kept_in_original(self, keep: Mapping[str, Iterable[int]]) -> dict[str, list[int]]:
+        """Kept channels per pruned unit, numbered as in the architecture :func:`adc.load` rebuilds.
+
+        A model that was itself pruned (iterative pruning) records its kept
+        channels of the original architecture; its own channel ``i`` of a unit
+        is then original channel ``previous[i]``, so the two prunings compose.
+        """
+        previous = dict((getattr(self.model, PRUNING_ATTR, None) or {}).get("kept") or {})
+        kept: dict[str, list[int]] = {}
+        for u in self.graph.units:
+            local = np.asarray(list(keep[u.name]), dtype=np.int64) if u.name in keep else np.arange(u.channels)
+            if u.name in previous:
+                kept[u.name] = [int(i) for i in np.asarray(previous[u.name], dtype=np.int64)[local]]
+            elif len(local) < u.channels:
+                kept[u.name] = [int(i) for i in local]
+        for name, indices in previous.items():
+            kept.setdefault(name, [int(i) for i in indices])
+        return kept
 
 
 def check_pruned(pruned: nn.Module, graph: ModelGraph, kept: np.ndarray, example_input: torch.Tensor) -> None:

@@ -102,6 +102,15 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     return header, payload["state_dict"]
 
 
+def is_model_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file written by :func:`save` (as opposed to a plain state dict)."""
+    try:
+        read_header(path)
+    except AdcError:
+        return False
+    return True
+
+
 def load(path: str | Path) -> nn.Module:
     """Load a model written by :func:`save`, pruned exactly as it was saved.
 

@@ -27,7 +27,7 @@ from adc.utils.errors import AdcError
 from adc.utils.files import atomic_write_text
 from adc.utils.plugins import is_plugin_spec
 
-RUN_FIELDS = ("model", "checkpoint", "data", "tensorboard")
+RUN_FIELDS = ("model", "checkpoint", "data", "tensorboard", "iterations", "iteration_finetune")
 ALIASES = {"warmup": "agent_options.warmup"}
 """Flat keys that are a shorthand for another setting."""
 
@@ -71,6 +71,8 @@ class RunConfig:
         checkpoint: State dict of the trained model.
         data: Data spec.
         tensorboard: Log episodes to TensorBoard in the run folder.
+        iterations: Search and prune in this many steps toward the budget (:mod:`adc.run.iterative`).
+        iteration_finetune: Fine-tuning epochs between those steps (0: none).
         search: The search's options.
     """
 
@@ -78,12 +80,21 @@ class RunConfig:
     checkpoint: str | None = None
     data: str = DEFAULT_DATA
     tensorboard: bool = False
+    iterations: int = 1
+    iteration_finetune: int = 0
     search: SearchOptions = field(default_factory=SearchOptions)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(RunConfig)
         for name in RUN_FIELDS:
             check_type(name, getattr(self, name), hints[name])
+        if self.iterations < 1:
+            raise AdcError(f"--iterations {self.iterations}: must be a positive integer (1: one search, no steps)")
+        if self.iteration_finetune < 0:
+            raise AdcError(f"--iteration-finetune {self.iteration_finetune}: must be >= 0 epochs")
+        if self.iteration_finetune and self.iterations < 2:
+            raise AdcError(f"--iteration-finetune {self.iteration_finetune}: fine-tunes between steps, so it needs "
+                           "--iterations 2 or more (fine-tune a single search with adc finetune)")
         self.model = absolute_spec(self.model) or self.model
         self.data = absolute_spec(self.data) or self.data
         self.checkpoint = absolute_path(self.checkpoint)

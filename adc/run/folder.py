@@ -2,7 +2,9 @@
 
 ``adc search`` writes ``model.pt`` (the pruned model, :func:`adc.save`
 format), ``policy.json``, ``history.csv``, ``report.md``, ``policy.png``,
-``reward.png``, ``config.toml`` and ``checkpoint/``; ``adc finetune`` adds
+``reward.png``, ``config.toml`` and ``checkpoint/``; a front search (a budget
+range) adds ``front.md``, ``front.csv``, ``front.png`` and one model per point
+in ``front/`` (``front/latency-0.45.pt``); ``adc finetune`` adds
 ``model_finetuned.pt`` and ``finetune.json``; ``adc export`` writes
 ``model.onnx`` / ``model.ts`` beside the model it exports. Every write is
 atomic, and any file-system failure (not writable, not a folder, full) is
@@ -18,7 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from adc.engine.checkpoint import Checkpoint
+from adc.pruning.serialization import load as load_file
 from adc.pruning.serialization import read_header
 from adc.run.config import RunConfig, read_toml, write_toml
 from adc.utils.errors import AdcError
@@ -35,6 +40,13 @@ CONFIG = "config.toml"
 CHECKPOINT = "checkpoint"
 FINETUNE = "finetune.json"
 TENSORBOARD = "tb"
+FRONT_TABLE = "front.md"
+FRONT_CSV = "front.csv"
+FRONT_PLOT = "front.png"
+FRONT_DIR = "front"
+FRONT_COLUMNS = ("budget", "episode", "val_top1", "test_top1", "flops_ratio", "params_ratio", "predicted_latency_ratio",
+                 "measured_latency_ratio", "measured_speedup", "holds", "model")
+"""Columns of ``front.csv`` (and ``front.md``): one row per point of the front."""
 
 
 class RunFolder:
@@ -75,8 +87,17 @@ class RunFolder:
 
     def written(self) -> list[str]:
         """The names of the search's output files that exist, in a fixed order."""
-        names = [MODEL, POLICY, HISTORY, REPORT, POLICY_PLOT, REWARD_PLOT, CONFIG]
+        names = [MODEL, POLICY, HISTORY, REPORT, POLICY_PLOT, REWARD_PLOT, CONFIG, FRONT_TABLE, FRONT_CSV, FRONT_PLOT,
+                 FRONT_DIR]
         return [n for n in names if (self.path / n).exists()]
+
+    @property
+    def front_plot(self) -> Path:
+        return self.path / FRONT_PLOT
+
+    def front_model(self, name: str) -> Path:
+        """The model file of one point of a front: ``front/<name>.pt``."""
+        return self.path / FRONT_DIR / f"{name}.pt"
 
     # -- creating ----------------------------------------------------------------------
 
@@ -139,15 +160,51 @@ class RunFolder:
         budget_keys = sorted({k for r in history for k in r["budget_use"]})
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["episode", "phase", "reward", "best_reward", *metric_keys, *[f"budget_use_{k}" for k in budget_keys],
+        points = any("point" in r for r in history)
+        writer.writerow(["episode", *(["point"] if points else []), "phase", "reward", "best_reward", *metric_keys,
+                         *[f"budget_use_{k}" for k in budget_keys],
                          "wall_time", "evaluate_time", "prune_time", "worker", "sigma", "policy"])
         for r in history:
-            writer.writerow([r["episode"], r["phase"], r["reward"], r.get("best_reward", ""),
+            writer.writerow([r["episode"], *([r.get("point", "")] if points else []), r["phase"], r["reward"],
+                             r.get("best_reward", ""),
                              *[r["metrics"].get(k, "") for k in metric_keys],
                              *[r["budget_use"].get(k, "") for k in budget_keys],
                              f"{r['wall_time']:.4f}", f"{r['evaluate_time']:.4f}", f"{r['prune_time']:.4f}",
                              r.get("worker", 0), "" if r.get("sigma") is None else r["sigma"], json.dumps(r["policy"])])
         return atomic_write_text(self.path / HISTORY, buf.getvalue())
+
+    def write_front(self, rows: list[dict[str, Any]], *, runtime: str, batch: int) -> Path:
+        """``front.csv`` and ``front.md``: one row per point (:data:`FRONT_COLUMNS`; empty where not measured)."""
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(FRONT_COLUMNS)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row[c] for c in FRONT_COLUMNS])
+        atomic_write_text(self.path / FRONT_CSV, buf.getvalue())
+
+        def cell(value: Any, kind: str) -> str:
+            if value is None or value == "":
+                return ""
+            if kind == "pct":
+                return f"{100 * value:.2f}%"
+            if kind == "ratio":
+                return f"{value:.3f}"
+            if kind == "speed":
+                return f"{value:.2f}x"
+            return str(value)
+
+        kinds = {"val_top1": "pct", "test_top1": "pct", "flops_ratio": "ratio", "params_ratio": "ratio",
+                 "predicted_latency_ratio": "ratio", "measured_latency_ratio": "ratio", "measured_speedup": "speed"}
+        lines = ["# Accuracy-cost front", "",
+                 f"One model per point of the budget range, each the best evaluated policy that fits the point "
+                 f"(policies found for tighter points serve looser ones). Latency measured in {runtime} at batch "
+                 f"{batch}, side by side with the unpruned model in the same run; ratios are of the unpruned model. "
+                 "Validation top-1 is on the search's validation images; test top-1 is reported only. "
+                 f"Plot: `{FRONT_PLOT}`.", "",
+                 "| " + " | ".join(FRONT_COLUMNS) + " |", "|" + "---|" * len(FRONT_COLUMNS)]
+        for row in rows:
+            lines.append("| " + " | ".join(cell(row.get(c), kinds.get(c, "")) for c in FRONT_COLUMNS) + " |")
+        return atomic_write_text(self.path / FRONT_TABLE, "\n".join(lines) + "\n")
 
     def write_finetune(self, summary: dict[str, Any]) -> Path:
         return atomic_write_text(self.path / FINETUNE, json.dumps(summary, indent=2) + "\n")
@@ -180,3 +237,16 @@ def model_file(path: str | Path, *, finetuned: bool | None = None) -> Path:
     if not folder.model.is_file():
         raise AdcError(f"run folder {str(path)!r} has no {MODEL}; is the search finished? (adc search --resume it)")
     return folder.model
+
+
+def load(path: str | Path, *, finetuned: bool | None = None) -> nn.Module:
+    """Load a model saved by adc: a model file, or a run folder (its fine-tuned model when there is one).
+
+    Args:
+        path: A ``.pt`` written by :func:`adc.save`, or a run folder of ``adc search``.
+        finetuned: In a run folder, True / False pick ``model_finetuned.pt`` / ``model.pt`` (default: the former if present).
+
+    Raises:
+        AdcError: when there is no such model.
+    """
+    return load_file(model_file(path, finetuned=finetuned))

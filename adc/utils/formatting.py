@@ -35,9 +35,14 @@ def seconds(s: float) -> str:
 
 
 def speedup(ratio: float) -> str:
-    """'1.42x faster' for a ratio above 1, '0.95x: 5% slower' below: never 'faster' for a slowdown."""
-    if ratio >= 1.0:
+    """'1.42x faster', '0.95x, 5% slower', or '1.00x, no measurable change' within half a percent.
+
+    Never 'faster' for a slowdown, nor for a ratio that rounds to 1.00x.
+    """
+    if ratio >= 1.005:
         return f"{ratio:.2f}x faster"
+    if ratio > 0.995:
+        return f"{ratio:.2f}x, no measurable change"
     return f"{ratio:.2f}x, {100 * (1 / ratio - 1):.0f}% slower"
 
 

@@ -1,1 +1,0 @@
-"""Pruning: channel criteria, least-squares reconstruction, the pruner, pickle-free save/load, export."""
