@@ -80,6 +80,7 @@ class OffPolicyOptions:
             AMC's 300x300 networks several times faster than two.
         start_uniform: Play the uniform policy as the first warm-up episode
             (needs at least one warm-up episode; the task's ``uniform_actions()``).
+        updates_per_step: Gradient steps a round per transition it stored (AMC: 1).
     """
 
     warmup: int | None = None
@@ -93,6 +94,7 @@ class OffPolicyOptions:
     device: str = "cpu"
     threads: int = 1
     start_uniform: bool = True
+    updates_per_step: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +105,19 @@ class NoisyOffPolicyOptions(OffPolicyOptions):
         noise_sigma: Sigma of the truncated-normal noise after warm-up (AMC: 0.5).
         noise_final_sigma: Sigma at the last planned episode; the per-episode
             decay is derived from it (AMC's fixed 0.95 is spent ~50 episodes after warm-up).
+        clone_best: Self-imitation (Oh et al., 2018): after each round's updates,
+            this many full-batch steps regress the actor onto the applied actions
+            of the best episode so far, on that episode's observations (0: off).
+        clone_lr: Adam learning rate of those steps.
+        clone_once: Clone only once, at the end of the warm-up (a warm start from
+            its best episode, the uniform policy at the least) instead of every round.
     """
 
     noise_sigma: float = 0.5
     noise_final_sigma: float = 0.05
+    clone_best: int = 0
+    clone_lr: float = 1e-3
+    clone_once: bool = False
 
 
 class AmcExploration:
@@ -322,11 +333,16 @@ class OffPolicyAgent(Agent):
             if len(final.infos) != self.num_envs or any(contract.REWARD not in i for i in final.infos.values()):
                 raise ValueError("every environment must end its episode after num_units steps, "
                                  "reporting info['reward'] at the final step")
-            advantages = [self.baseline.advantage(float(final.infos[i][contract.REWARD])) for i in range(self.num_envs)]
-            assign_episode_reward(algo.replay_buffer, self.num_units, advantages)
+            rewards = [float(final.infos[i][contract.REWARD]) for i in range(self.num_envs)]
+            advantages = [self.baseline.advantage(r) for r in rewards]
+            positions = assign_episode_reward(algo.replay_buffer, self.num_units, advantages)
+            self._remember(positions, rewards)
             if algo.num_timesteps > algo.learning_starts:
+                first = algo.num_timesteps - rollout.episode_timesteps <= algo.learning_starts
+                steps = max(1, round(rollout.episode_timesteps * self.options.updates_per_step))
                 with torch_threads(self.options.threads):
-                    algo.train(gradient_steps=rollout.episode_timesteps, batch_size=algo.batch_size)
+                    algo.train(gradient_steps=steps, batch_size=algo.batch_size)
+                    self._after_train(first)
             keep_going = True
             for i in range(self.num_envs):
                 self.episodes_done += 1
@@ -339,6 +355,12 @@ class OffPolicyAgent(Agent):
                 keep_going = on_round() and keep_going
             if not keep_going:
                 return
+
+    def _remember(self, positions: np.ndarray, rewards: list[float]) -> None:
+        """Called after each round with its transitions' buffer positions and its episodes' rewards."""
+
+    def _after_train(self, first: bool) -> None:
+        """Called after each round's gradient steps (``first``: the first round that trained)."""
 
     def predict(self, observation: np.ndarray) -> float:
         action, _ = self.algo.predict(np.asarray(observation, dtype=np.float32), deterministic=True)
@@ -381,3 +403,49 @@ class NoisyOffPolicyAgent(OffPolicyAgent):
         super().__init__(envs, episodes=episodes, seed=seed, **options)
         o = self.options
         self.noise = NoiseSchedule(o.noise_sigma, o.noise_final_sigma, max(1, self.episodes - self.warmup))
+        self.elite: tuple[float, np.ndarray, np.ndarray] | None = None  # reward, observations, scaled actions
+        self._clone_optimizer: th.optim.Optimizer | None = None
+
+    # -- self-imitation (clone_best) ------------------------------------------------------
+
+    def _remember(self, positions: np.ndarray, rewards: list[float]) -> None:
+        if not self.options.clone_best:
+            return
+        buffer = self.algo.replay_buffer
+        for i, reward in enumerate(rewards):
+            if self.elite is None or reward > self.elite[0]:
+                self.elite = (reward, buffer.observations[positions, i].copy(), buffer.actions[positions, i].copy())
+
+    def _after_train(self, first: bool) -> None:
+        o = self.options
+        if not o.clone_best or self.elite is None or (o.clone_once and not first):
+            return
+        actor = self.algo.actor
+        if self._clone_optimizer is None:
+            self._clone_optimizer = th.optim.Adam(actor.parameters(), lr=o.clone_lr)
+        observations = th.as_tensor(self.elite[1], dtype=th.float32, device=self.algo.device)
+        target = th.as_tensor(self.elite[2], dtype=th.float32, device=self.algo.device)
+        actor.set_training_mode(True)
+        for _ in range(o.clone_best):
+            loss = th.nn.functional.mse_loss(actor(observations), target)
+            self._clone_optimizer.zero_grad()
+            loss.backward()
+            self._clone_optimizer.step()
+        actor.set_training_mode(False)
+
+    def _state(self, path: Path) -> dict[str, Any]:
+        state = super()._state(path)
+        if self.elite is not None:
+            state["elite"] = [self.elite[0], self.elite[1].tolist(), self.elite[2].tolist()]
+        if self._clone_optimizer is not None:
+            th.save(self._clone_optimizer.state_dict(), path / "clone_optimizer.pt")
+        return state
+
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
+        super()._restore(state, path)
+        if "elite" in state:
+            reward, observations, actions = state["elite"]
+            self.elite = (reward, np.asarray(observations, dtype=np.float32), np.asarray(actions, dtype=np.float32))
+        if (path / "clone_optimizer.pt").is_file():
+            self._clone_optimizer = th.optim.Adam(self.algo.actor.parameters(), lr=self.options.clone_lr)
+            self._clone_optimizer.load_state_dict(th.load(path / "clone_optimizer.pt", weights_only=True))

@@ -15,6 +15,8 @@ OBSERVATION_FEATURES = (
     "index", "kind", "in_channels", "out_channels", "stride", "kernel", "feature_map",
     "cost", "reduced_so_far", "cost_to_come", "previous_action",
 )
+BOUND_FEATURES = ("lowest_action", "highest_action")
+"""Appended to the observation with ``observe_bounds``: the interval the budget clipping allows at this unit."""
 
 
 class PruningEnv(gym.Env):
@@ -66,6 +68,12 @@ class PruningEnv(gym.Env):
     | 8   | reduced_so_far    | fraction of that cost removed by the units already decided     |
     | 9   | cost_to_come      | fraction of the cost in the units still to decide              |
     | 10  | previous_action   | the action applied at the previous step                        |
+    | 11  | lowest_action     | with ``observe_bounds``: lowest action the clipping allows now |
+    | 12  | highest_action    | with ``observe_bounds``: highest action it allows now          |
+
+    Without ``observe_bounds`` (the default) the agent is not told the
+    interval the clipping will force its action into; the budget state reaches
+    it only through ``reduced_so_far`` and ``cost_to_come``.
 
     ## Rewards
 
@@ -98,16 +106,20 @@ class PruningEnv(gym.Env):
       graph, policy space, budgets, reward and evaluator). The environment
       itself only holds the episode's state, so it is cheap to make and many
       can share one task (:class:`~adc.envs.vec_env.PruningVecEnv`).
+    - ``observe_bounds``: add the clipping's interval at the current unit to
+      the observation (:data:`BOUND_FEATURES`).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
 
-    def __init__(self, task: ModelTask) -> None:
+    def __init__(self, task: ModelTask, *, observe_bounds: bool = False) -> None:
         super().__init__()
         self.task = task
         self.num_units = task.num_units
+        self.observe_bounds = observe_bounds
+        features = len(OBSERVATION_FEATURES) + (len(BOUND_FEATURES) if observe_bounds else 0)
         self.action_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (len(OBSERVATION_FEATURES),), np.float32)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (features,), np.float32)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -124,6 +136,8 @@ class PruningEnv(gym.Env):
         partial[i:] = graph.channels[i:]
         reduced = 1.0 - task.primary_of(cost_of_kept(graph, partial)) / max(task.primary_total, 1.0)
         dynamic = [np.clip(reduced, 0.0, 1.0), task.cost_to_come[i], self._prev_action]
+        if self.observe_bounds:
+            dynamic += list(task.action_bounds(i, self._kept)) if self._i < self.num_units else [0.0, 0.0]
         return np.clip(np.concatenate([task.static_features[i], dynamic]), 0.0, 1.0).astype(np.float32)
 
     # -- gymnasium API -------------------------------------------------------------------

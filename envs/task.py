@@ -163,6 +163,11 @@ class ModelTask:
             kept: Kept counts so far (units after ``i`` are ignored).
             wanted: The kept count the action asks for.
         """
+        floor, cap = self.kept_bounds(i, kept)
+        return float(min(max(wanted, floor), cap))
+
+    def kept_bounds(self, i: int, kept: np.ndarray) -> tuple[float, float]:
+        """The fewest and most channels unit ``i`` may keep, given the units before it (see :meth:`clip`)."""
         choices = self.space.choices[i]
         trial = kept.copy()
         trial[i + 1:] = self.space.min_kept[i + 1:]
@@ -189,7 +194,14 @@ class ModelTask:
                 else:
                     lo = mid + 1
             floor = choices[lo]
-        return float(min(max(wanted, floor), cap))
+        # Where filling one budget would break another, fitting wins: the interval is the cap alone.
+        return float(min(floor, cap)), float(cap)
+
+    def action_bounds(self, i: int, kept: np.ndarray) -> tuple[float, float]:
+        """The lowest and highest action unit ``i`` may apply, given the units before it (the clipping's interval)."""
+        floor, cap = self.kept_bounds(i, kept)
+        channels = self.units[i].channels
+        return self.space.action_of(1.0 - cap / channels), self.space.action_of(1.0 - floor / channels)
 
     def decide(self, i: int, kept: np.ndarray, action: Any) -> tuple[float, float]:
         """The kept count of unit ``i`` for a raw action, clipped; and the action that corresponds to it."""

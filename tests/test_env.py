@@ -25,7 +25,7 @@ from adc.inputs.models import build_model
 from adc.pruning.pruner import ChannelPruner
 from adc.objective.rewards import REWARDS, check_reward, get_reward
 from adc.inputs.training import evaluate, recalibrate_bn
-from adc.envs.pruning_env import OBSERVATION_FEATURES, PruningEnv
+from adc.envs.pruning_env import BOUND_FEATURES, OBSERVATION_FEATURES, PruningEnv
 from adc.envs.task import ModelTask
 from adc.objective.budgets import BUDGET_METRICS, BudgetSpec, parse_budget
 
@@ -94,6 +94,31 @@ def test_play_actions_matches_stepping():
         assert list(info["kept"].values()) == stepped
     with pytest.raises(AdcError, match="one per unit"):
         env.task.play_actions([0.5])
+
+
+@pytest.mark.parametrize("fill_budget", [True, False])
+def test_observed_bounds_are_the_interval_the_clipping_applies(fill_budget):
+    """With observe_bounds, features 11-12 are the lowest and highest action the next step can apply."""
+    task = ModelTask.build(small_model("zoo:resnet20", 3), torch.zeros(1, 3, 8, 8), score=stub_evaluate,
+                           budgets=["flops=0.35", "params=0.6"], fill_budget=fill_budget)
+    env = PruningEnv(task, observe_bounds=True)
+    assert env.observation_space.shape == (len(OBSERVATION_FEATURES) + len(BOUND_FEATURES),)
+    rng = np.random.default_rng(0)
+    narrowed = 0
+    for _ in range(3):
+        obs, _ = env.reset()
+        for _ in range(env.num_units):
+            low, high = obs[-2:]
+            assert env.observation_space.contains(obs) and low <= high
+            narrowed += bool(low > 0 or high < 1)
+            for wanted, expected in ((0.0, low), (1.0, high)):
+                kept, applied = task.decide(env._i, env.kept, wanted)
+                assert applied == pytest.approx(expected, abs=1e-6)
+            obs, _, _, _, info = env.step(np.array([rng.uniform()], dtype=np.float32))
+            assert low - 1e-6 <= info["applied_action"] <= high + 1e-6
+    assert narrowed > 0  # the budget does narrow the interval somewhere
+    plain = PruningEnv(task)
+    assert plain.reset()[0].shape == (len(OBSERVATION_FEATURES),)
 
 
 @pytest.mark.parametrize("round_to", [1, 4])

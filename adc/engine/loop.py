@@ -245,7 +245,7 @@ class Search:
         """Environments and agent of point ``i`` (the resumed agent for a plain search's resume)."""
         o = self.options
         task = self.task = self.tasks[i]
-        self.envs = PruningVecEnv.of(lambda: PruningEnv(task), o.workers)
+        self.envs = PruningVecEnv.of(lambda: PruningEnv(task, observe_bounds=o.observe_bounds), o.workers)
         if self.resume:
             assert self.checkpoint is not None
             self.agent = self.checkpoint.agent(self.envs)

@@ -120,6 +120,8 @@ class SearchOptions:
         select_size: Held-out validation images of that final selection.
         reconstruct: Least-squares reconstruction (None: on when training images are given).
         fill_budget: Make every policy use its budget.
+        observe_bounds: Tell a learning agent, at every unit, the action interval the budget clipping allows
+            (:data:`adc.envs.pruning_env.BOUND_FEATURES`).
         exploit_episodes, refine_episodes: A learning agent's last phases (None: a tenth each).
         device: ``cpu`` or ``cuda[:N]``.
         agent_options: The agent's own settings (``{"warmup": 20}``), checked against its options.
@@ -151,6 +153,7 @@ class SearchOptions:
     select_size: int = 5000
     reconstruct: bool | None = None
     fill_budget: bool = True
+    observe_bounds: bool = False
     exploit_episodes: int | None = None
     refine_episodes: int | None = None
     device: str = "cpu"
