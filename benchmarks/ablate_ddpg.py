@@ -316,14 +316,15 @@ NOTES = RESULTS / "ddpg_ablation_notes.md"
 """The hand-written reading of the table, included in the page."""
 
 
-def page(args: argparse.Namespace, table: str) -> str:
+def page(args: argparse.Namespace, table: str, real_done: bool) -> str:
     """The results page: how it was made, what the columns mean, the table, the notes."""
     intro = [
         "# ddpg ablations: one change at a time", "",
         f"Made by `python -m benchmarks.ablate_ddpg --out benchmarks/results/ddpg_ablation` after the runs "
-        f"(`--part synthetic --seeds {args.seeds} --episodes {args.episodes}` and `--part real --seeds {args.seeds} "
-        f"--real-episodes {args.real_episodes} --models {args.models} --budgets {args.budgets}`); "
-        "the module's docstring says how each part is run.", "",
+        f"(`--part synthetic --seeds {args.seeds} --episodes {args.episodes}`"
+        + (f" and `--part real --seeds {args.seeds} --real-episodes {args.real_episodes} --models {args.models} "
+           f"--budgets {args.budgets}`" if real_done else "; the real part not yet run: its columns are empty")
+        + "); the module's docstring says how each part is run.", "",
         f"- **synthetic**: share of the uniform-to-optimum gap closed by the best of {args.episodes} episodes "
         f"(engine phases: explore, a tenth noise-free, a tenth refinement), mean over the 8 environments of "
         f"`benchmarks/rivals_tuning.py` x {args.seeds} seeds; the observation hides the clipping's interval unless "
@@ -363,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         from adc.utils.files import atomic_write_text
 
         table, rows = report(args, real_cells)
-        atomic_write_text(args.out.with_suffix(".md"), page(args, table))
+        real_done = any(cached("real", v, cell, seed, args.real_episodes) for v in VARIANTS.values()
+                        for cell in real_cells for seed in range(args.seeds))
+        atomic_write_text(args.out.with_suffix(".md"), page(args, table, real_done))
         atomic_write_text(args.out.with_suffix(".csv"), rows)
         print(table)
         return 0
