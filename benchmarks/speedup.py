@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -53,6 +54,9 @@ ZOO = ("zoo:plain20", "zoo:resnet20", "zoo:mobilenet")
 TORCHVISION = ("torchvision:resnet18", "torchvision:mobilenet_v2", "torchvision:efficientnet_b0")
 RUNTIMES = ("torch", "onnxruntime")
 GOAL_SPEEDUP = 1.8
+RESULTS = HERE / "results"
+NOTES = RESULTS / "speedup_notes.md"
+"""The hand-written reading of the table, appended to the page."""
 TOLERANCE = 0.05
 
 
@@ -243,6 +247,10 @@ def write_results(rows: list[dict[str, Any]], settings: Settings, md: Path, wall
             f"{_fmt(r.get('search_measured_ratio'), 'r')} | {_fmt(r.get('measured_ratio'), 'r')} | "
             f"{_fmt(r.get('torch_speedup'), 'x')} | {_fmt(r.get('onnxruntime_speedup'), 'x')} | {test} | "
             f"{r['verdict']} |")
+    loads = [r["load"] for r in rows if r.get("load") is not None]
+    if loads:
+        lines[3:3] = ["", f"Machine load while the rows ran (1-minute load average, {os.cpu_count()} cores): "
+                          f"{min(loads):.1f} to {max(loads):.1f}."]
     short = [r for r in rows if "SHORT" in r["verdict"] or "MISSES" in r["verdict"] or "refused" in r["verdict"]]
     lines += ["", "## Where it falls short", ""]
     lines += [f"- {r['model']} {r['budget']} (round_to {r['round_to_setting']}, {r['search_runtime']}): {r['verdict']}"
@@ -250,6 +258,8 @@ def write_results(rows: list[dict[str, Any]], settings: Settings, md: Path, wall
     lines += ["", "## Why round_to auto chose what it chose", ""]
     lines += [f"- {r['model']} ({r['search_runtime']}, {r['budget']}): {r['alignment']}" for r in rows
               if r.get("alignment")]
+    if md.parent == RESULTS and NOTES.is_file():
+        lines += ["", NOTES.read_text().rstrip()]
     atomic_write_text(md, "\n".join(lines) + "\n")
 
 
@@ -260,6 +270,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="torchvision input size (full: 224)")
     parser.add_argument("--agent", default=None)
     parser.add_argument("--episodes", type=int, default=None)
+    parser.add_argument("--report-only", action="store_true", help="rebuild the page from the cached rows, run nothing")
     args = parser.parse_args()
     mode = "smoke" if args.smoke else "full"
     settings = MODES[mode]
@@ -277,16 +288,20 @@ def main() -> None:
         path = cache / f"{key}.json"
         if path.is_file():
             row = json.loads(path.read_text())
+        elif args.report_only:
+            continue
         else:
             t0 = time.perf_counter()
             row = run_row(models, spec, budget, round_to, runtime, settings, cache)
             row["verdict"] = verdict(row, settings)
+            row["load"] = os.getloadavg()[0]
+            row["row_s"] = time.perf_counter() - t0
             atomic_write_text(path, json.dumps(row, indent=1))
             print(f"{spec} {budget} round_to={round_to} {runtime}: {row['verdict']} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
         rows.append(row)
-    wall = time.perf_counter() - started
-    command = " ".join(["python -m benchmarks.speedup", *sys.argv[1:]])
+    wall = sum(r.get("row_s", 0.0) for r in rows) or time.perf_counter() - started
+    command = " ".join(["python -m benchmarks.speedup", *[a for a in sys.argv[1:] if a != "--report-only"]])
     md = (cache / "speedup.md") if args.smoke else (HERE / "results" / "speedup.md")
     write_results(rows, settings, md, wall, command)
     times = [r.get("search_s", 0.0) for r in rows]
