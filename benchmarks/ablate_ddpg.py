@@ -316,14 +316,14 @@ NOTES = RESULTS / "ddpg_ablation_notes.md"
 """The hand-written reading of the table, included in the page."""
 
 
-def page(args: argparse.Namespace, table: str, real_done: bool) -> str:
+def page(args: argparse.Namespace, table: str, real_seeds: int) -> str:
     """The results page: how it was made, what the columns mean, the table, the notes."""
     intro = [
         "# ddpg ablations: one change at a time", "",
         f"Made by `python -m benchmarks.ablate_ddpg --out benchmarks/results/ddpg_ablation` after the runs "
         f"(`--part synthetic --seeds {args.seeds} --episodes {args.episodes}`"
-        + (f" and `--part real --seeds {args.seeds} --real-episodes {args.real_episodes} --models {args.models} "
-           f"--budgets {args.budgets}`" if real_done else "; the real part not yet run: its columns are empty")
+        + (f" and `--part real --seeds {real_seeds} --real-episodes {args.real_episodes} --models {args.models} "
+           f"--budgets {args.budgets}`" if real_seeds else "; the real part not yet run: its columns are empty")
         + "); the module's docstring says how each part is run.", "",
         f"- **synthetic**: share of the uniform-to-optimum gap closed by the best of {args.episodes} episodes "
         f"(engine phases: explore, a tenth noise-free, a tenth refinement), mean over the 8 environments of "
@@ -332,7 +332,7 @@ def page(args: argparse.Namespace, table: str, real_done: bool) -> str:
         "environment and seed) ± its standard error. *at 30% budgets*: the four tight cells. *at episode 100*: "
         "the best of the first 100 episodes. *s/search*: seconds of one search (the agent's overhead).",
         f"- **real**: `adc.search` on the Fashion-MNIST reference (8 epochs), FLOPs budget, {args.real_episodes} "
-        f"episodes, defaults but `round_to=1`, {args.seeds} seeds: the best search reward (top-1 on the reward's "
+        f"episodes, defaults but `round_to=1`, {real_seeds or args.seeds} seeds: the best search reward (top-1 on the reward's "
         "1,000 validation images) / the held-out top-1 of the policy the final selection hands back "
         "(8 best re-scored on the next 5,000 validation images). *real Δ*: paired held-out difference "
         "± standard error over the real cells and seeds. *s/episode*: wall seconds per episode (one core, a "
@@ -364,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         from adc.utils.files import atomic_write_text
 
         table, rows = report(args, real_cells)
-        real_done = any(cached("real", v, cell, seed, args.real_episodes) for v in VARIANTS.values()
-                        for cell in real_cells for seed in range(args.seeds))
-        atomic_write_text(args.out.with_suffix(".md"), page(args, table, real_done))
+        real_seeds = max((seed + 1 for v in VARIANTS.values() for cell in real_cells for seed in range(args.seeds)
+                          if cached("real", v, cell, seed, args.real_episodes)), default=0)
+        atomic_write_text(args.out.with_suffix(".md"), page(args, table, real_seeds))
         atomic_write_text(args.out.with_suffix(".csv"), rows)
         print(table)
         return 0

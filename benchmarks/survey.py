@@ -405,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", default=None, help="run only this model's rows (repeatable)")
     parser.add_argument("--section", action="append", default=None, choices=("criteria", "sparse", "strategies"),
                         help="run only this section's rows (repeatable)")
+    parser.add_argument("--strategy", action="append", default=None, help="run only this strategy's rows (repeatable)")
+    parser.add_argument("--budget", action="append", type=float, default=None, help="only this budget's rows (repeatable)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="override the mode's episodes of ddpg, random, sensitivity and netadapt (changes the cache key)")
     parser.add_argument("--report-only", action="store_true", help="write the page from the cached rows, run nothing")
@@ -429,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         survey = Survey(settings, cache, log=lambda m: print(m, flush=True))
         models = tuple(args.model or settings.models)
-        rows = [r for r in plan(settings, criteria) if r.model in models and (not args.section or r.section in args.section)]
+        rows = [r for r in plan(settings, criteria) if r.model in models and (not args.section or r.section in args.section)
+                and (not args.strategy or r.strategy in args.strategy) and (not args.budget or r.budget in args.budget)]
         print(f"survey {args.mode}: {len(rows)} rows, cache {cache}", flush=True)
         if args.report_only:
             records = [json.loads((cache / f"{r.key}.json").read_text()) for r in rows if (cache / f"{r.key}.json").is_file()]

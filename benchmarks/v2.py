@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only this model's rows (repeatable); smoke: which model to check (default resnet20)")
     parser.add_argument("--strategy", action="append", default=None, help="only this strategy's rows (repeatable)")
     parser.add_argument("--budget", action="append", type=float, default=None, help="only this budget's rows (repeatable)")
+    parser.add_argument("--seed", action="append", type=int, default=None, help="only this seed's rows (repeatable)")
     parser.add_argument("--episodes", type=int, default=None, help="override the mode's episodes (changes the cache key)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the page from the cached rows, run nothing")
     parser.add_argument("--estimate", action="store_true", help="print the full run's time from the smoke cache, run nothing")
@@ -405,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     _write_json(cache / "settings.json", dataclasses.asdict(settings))
     command = "python -m benchmarks.v2 " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     rows = [r for r in plan(settings) if (not args.model or r.model in args.model)
-            and (not args.strategy or r.strategy in args.strategy) and (not args.budget or r.budget in args.budget)]
+            and (not args.strategy or r.strategy in args.strategy) and (not args.budget or r.budget in args.budget)
+            and (not args.seed or r.seed in args.seed)]
     print(f"benchmark v2 {args.mode}: {len(rows)} rows, cache {cache}", flush=True)
 
     from adc.utils.errors import AdcError
