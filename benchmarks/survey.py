@@ -332,8 +332,9 @@ def sparse_section(records: list[dict], settings: Settings, references: dict, ti
         for v in sparsity_variants(settings):
             ref = references.get((model, v), {})
             cells = " | ".join(_pct(_cell(by, model, b, s, v)) for b in settings.budgets for s in SPARSE_STRATEGIES)
-            lines.append(f"| {model} | {v} | {_pct(ref.get('test_top1'))} | {ref.get('target_slimming', float('nan')):.1f} "
-                         f"| {ref.get('target_group_lasso', float('nan')):.1f} | {cells} |")
+            targets = " | ".join(f"{ref[k]:.1f}" if ref.get(k) is not None else "-"
+                                 for k in ("target_slimming", "target_group_lasso"))
+            lines.append(f"| {model} | {v} | {_pct(ref.get('test_top1'))} | {targets} | {cells} |")
             if v.partition(":")[0] in REGULARISERS:
                 for b in settings.budgets:
                     for s in SPARSE_STRATEGIES:
@@ -341,7 +342,7 @@ def sparse_section(records: list[dict], settings: Settings, references: dict, ti
                                            "the plain fine-tune", tie)
                         if verdict:
                             verdicts.append(f"- {model}, flops={b}, {s}: {verdict}")
-    return lines + ["", "Against the same fine-tune without a regulariser:", "", *verdicts, ""]
+    return lines + ["", "Against the same fine-tune without a regulariser:", "", *(verdicts or ["- not run yet"]), ""]
 
 
 def strategies_section(records: list[dict], settings: Settings, tie: float) -> list[str]:
@@ -387,6 +388,9 @@ def write_report(records: list[dict], settings: Settings, criteria: list[str], s
               "test images at 90%). One seed per row: a single row's lead is no more than that.", ""]
     text = "\n".join(header + criteria_section(records, settings, criteria, scoring, tie)
                      + sparse_section(records, settings, references, tie) + strategies_section(records, settings, tie))
+    notes = out_dir / f"{stem}_notes.md"
+    if notes.is_file():  # the hand-written reading, kept in git beside the page
+        text = text.rstrip() + "\n\n" + notes.read_text()
     md = atomic_write_text(out_dir / f"{stem}.md", text)
     buf = io.StringIO()
     fields = ["section", "model", "budget", "strategy", "criterion", "sparsity", "episodes", "evaluations",
