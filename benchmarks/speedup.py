@@ -48,7 +48,7 @@ from adc.analysis.timers import measured_speedup  # noqa: E402
 from adc.inputs.models import build_model  # noqa: E402
 from adc.utils.errors import AdcError  # noqa: E402
 from adc.utils.files import atomic_write_text  # noqa: E402
-from adc.utils.formatting import one_line  # noqa: E402
+from adc.utils.formatting import one_line, table_cell  # noqa: E402
 
 ZOO = ("zoo:plain20", "zoo:resnet20", "zoo:mobilenet")
 TORCHVISION = ("torchvision:resnet18", "torchvision:mobilenet_v2", "torchvision:efficientnet_b0")
@@ -182,16 +182,6 @@ def verdict(row: dict[str, Any], settings: Settings) -> str:
     return "(reference)"
 
 
-def _fmt(value: Any, kind: str = "") -> str:
-    if value is None or value == "":
-        return ""
-    if kind == "pct":
-        return f"{100 * value:.2f}%"
-    if kind == "x":
-        return f"{value:.2f}x"
-    if kind == "r":
-        return f"{value:.3f}"
-    return str(value)
 
 
 COLUMNS = ("model", "input", "budget", "round_to_setting", "search_runtime", "round_to", "flops_ratio",
@@ -239,13 +229,13 @@ def write_results(rows: list[dict[str, Any]], settings: Settings, md: Path, wall
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        test = (f"{_fmt(r.get('test_top1'), 'pct')} ({_fmt(r.get('original_test_top1'), 'pct')})"
+        test = (f"{table_cell(r.get('test_top1'), 'pct')} ({table_cell(r.get('original_test_top1'), 'pct')})"
                 if r.get("test_top1") is not None else "")
         lines.append(
             f"| {r['model']} {r['input']} | {r['budget']} | {r['round_to_setting']} | {r['search_runtime']} | "
-            f"{_fmt(r.get('round_to'))} | {_fmt(r.get('flops_ratio'), 'r')} | {_fmt(r.get('predicted_latency_ratio'), 'r')} | "
-            f"{_fmt(r.get('search_measured_ratio'), 'r')} | {_fmt(r.get('measured_ratio'), 'r')} | "
-            f"{_fmt(r.get('torch_speedup'), 'x')} | {_fmt(r.get('onnxruntime_speedup'), 'x')} | {test} | "
+            f"{table_cell(r.get('round_to'))} | {table_cell(r.get('flops_ratio'), 'ratio')} | {table_cell(r.get('predicted_latency_ratio'), 'ratio')} | "
+            f"{table_cell(r.get('search_measured_ratio'), 'ratio')} | {table_cell(r.get('measured_ratio'), 'ratio')} | "
+            f"{table_cell(r.get('torch_speedup'), 'speed')} | {table_cell(r.get('onnxruntime_speedup'), 'speed')} | {test} | "
             f"{r['verdict']} |")
     loads = [r["load"] for r in rows if r.get("load") is not None]
     if loads:

@@ -28,6 +28,7 @@ from adc.pruning.serialization import read_header
 from adc.run.config import RunConfig, read_toml, write_toml
 from adc.utils.errors import AdcError
 from adc.utils.files import atomic_write_text, describe_os_error
+from adc.utils.formatting import table_cell
 
 MODEL = "model.pt"
 FINETUNED = "model_finetuned.pt"
@@ -182,17 +183,6 @@ class RunFolder:
             writer.writerow(["" if row.get(c) is None else row[c] for c in FRONT_COLUMNS])
         atomic_write_text(self.path / FRONT_CSV, buf.getvalue())
 
-        def cell(value: Any, kind: str) -> str:
-            if value is None or value == "":
-                return ""
-            if kind == "pct":
-                return f"{100 * value:.2f}%"
-            if kind == "ratio":
-                return f"{value:.3f}"
-            if kind == "speed":
-                return f"{value:.2f}x"
-            return str(value)
-
         kinds = {"val_top1": "pct", "test_top1": "pct", "flops_ratio": "ratio", "params_ratio": "ratio",
                  "predicted_latency_ratio": "ratio", "measured_latency_ratio": "ratio", "measured_speedup": "speed"}
         lines = ["# Accuracy-cost front", "",
@@ -203,7 +193,7 @@ class RunFolder:
                  f"Plot: `{FRONT_PLOT}`.", "",
                  "| " + " | ".join(FRONT_COLUMNS) + " |", "|" + "---|" * len(FRONT_COLUMNS)]
         for row in rows:
-            lines.append("| " + " | ".join(cell(row.get(c), kinds.get(c, "")) for c in FRONT_COLUMNS) + " |")
+            lines.append("| " + " | ".join(table_cell(row.get(c), kinds.get(c, "")) for c in FRONT_COLUMNS) + " |")
         return atomic_write_text(self.path / FRONT_TABLE, "\n".join(lines) + "\n")
 
     def write_finetune(self, summary: dict[str, Any]) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 
@@ -44,6 +46,19 @@ def speedup(ratio: float) -> str:
     if ratio > 0.995:
         return f"{ratio:.2f}x, no measurable change"
     return f"{ratio:.2f}x, {100 * (1 / ratio - 1):.0f}% slower"
+
+
+def table_cell(value: Any, kind: str = "") -> str:
+    """A value for a results table: ``pct`` (a fraction as 12.34%), ``ratio`` (0.123), ``speed`` (1.23x), else as is; blank when missing."""
+    if value is None or value == "":
+        return ""
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "ratio":
+        return f"{value:.3f}"
+    if kind == "speed":
+        return f"{value:.2f}x"
+    return str(value)
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
