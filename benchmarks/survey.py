@@ -120,10 +120,10 @@ def plan(settings: Settings, criteria: list[str]) -> list[Row]:
 class Survey:
     """Loads the data and reference models once, trains the sparse variants once, runs and caches rows."""
 
-    def __init__(self, settings: Settings, cache: Path, log: Callable[[str], None] = print) -> None:
+    def __init__(self, settings: Settings, cache: Path, log: Callable[[str], None] = print, workers: int = 1) -> None:
         from adc.inputs.data import example_input, load_data
 
-        self.settings, self.cache, self.log = settings, cache, log
+        self.settings, self.cache, self.log, self.workers = settings, cache, log, workers
         self.splits = load_data(DATA)
         self.x = example_input(self.splits)
         self.test = self.splits.test
@@ -226,17 +226,28 @@ class Survey:
         started = time.perf_counter()
         result = search(model, self.x, data=self.splits, budget=[f"flops={row.budget}"], agent=row.strategy,
                         episodes=s.episodes, criterion=row.criterion, val_size=s.val_size,
-                        bn_calibration=s.bn_calibration, select_top=s.select_top, seed=0)
+                        bn_calibration=s.bn_calibration, select_top=s.select_top, seed=0, workers=self.workers)
         seconds = time.perf_counter() - started
         pruned = result.prune()
         history = result.history
         return {
-            **dataclasses.asdict(row), "episodes": len(history),
+            **dataclasses.asdict(row), "episodes": len(history), "workers": self.workers,
             "evaluations": max(len(history), _evaluations(result)),
             "test_top1_unpruned": record["test_top1"], "test_top1_pruned": evaluate(pruned, self.test)["top1"],
             "val_top1": result.metrics["top1"], "flops_ratio": count(pruned, self.x).flops / count(model, self.x).flops,
             "search_s": seconds, "episode_mean_s": sum(h["wall_time"] for h in history) / len(history),
         }
+
+    def _start_ray(self) -> None:
+        """With workers, one local Ray instance for the whole run (each search would otherwise start its own)."""
+        if self.workers > 1:
+            import os
+
+            import ray
+
+            if not ray.is_initialized():
+                ray.init(num_cpus=max(os.cpu_count() or 1, self.workers), include_dashboard=False,
+                         log_to_driver=False, logging_level="ERROR")
 
     def run(self, rows: list[Row]) -> list[dict[str, Any]]:
         done, spent, fresh = [], 0.0, 0
@@ -246,6 +257,7 @@ class Survey:
                 done.append(json.loads(path.read_text()))
                 continue
             self.model(row.model, row.sparsity)  # trained before the clock starts: the estimate is of rows
+            self._start_ray()
             started = time.perf_counter()
             record = self.run_row(row)
             _write_json(path, record)
@@ -413,9 +425,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", action="append", type=float, default=None, help="only this budget's rows (repeatable)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="override the mode's episodes of ddpg, random, sensitivity and netadapt (changes the cache key)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Ray workers per search (speed only: not in the cache key; each row records its count)")
     parser.add_argument("--report-only", action="store_true", help="write the page from the cached rows, run nothing")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; smoke: its cache)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: must be at least 1")
 
     import torch
 
@@ -433,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.survey " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     started = time.perf_counter()
     try:
-        survey = Survey(settings, cache, log=lambda m: print(m, flush=True))
+        survey = Survey(settings, cache, log=lambda m: print(m, flush=True), workers=args.workers)
         models = tuple(args.model or settings.models)
         rows = [r for r in plan(settings, criteria) if r.model in models and (not args.section or r.section in args.section)
                 and (not args.strategy or r.strategy in args.strategy) and (not args.budget or r.budget in args.budget)]
