@@ -46,13 +46,15 @@ class NetAdaptOptions:
 class NetAdaptAgent(Agent):
     """Greedy resource-stepped pruning, played once (see the module docs).
 
-    Each iteration's target is a linear step of the first budget's use, from
-    the unpruned model's down to the limit at the last iteration. A unit that
-    cannot reach the target alone (it is pruned as far as allowed instead) is
-    a proposal only when no unit can; then the best of those is kept. Units
-    already at their largest sparsity propose nothing. The played episode's
-    ``info["agent"]`` holds ``evaluations`` (proposals scored, plus the
-    episode) and ``iterations``. Deterministic; later ``run`` calls play nothing.
+    Each iteration's target is an equal share of what is left of the first
+    budget's excess (see :meth:`allocate`). A unit that cannot reach the
+    target alone (it is pruned as far as allowed instead) is a proposal only
+    when no unit can; then the one losing the least reward per resource
+    removed is kept. Units already at their largest sparsity propose nothing.
+    The played episode's ``info["agent"]`` holds ``evaluations`` (proposals
+    scored, plus the episode), ``iterations`` and ``spread`` (whether the rest
+    of the way was taken from every unit alike). Deterministic; later ``run``
+    calls play nothing.
     """
 
     Options: ClassVar[type] = NetAdaptOptions
@@ -64,6 +66,7 @@ class NetAdaptAgent(Agent):
         self.allocation: list[float] | None = None
         self.evaluations = 0
         self.iterations_done = 0
+        self.spread = False
 
     def iterations(self) -> int:
         """Resource steps: the option, else as many as the episode budget pays for."""
@@ -87,20 +90,33 @@ class NetAdaptAgent(Agent):
         return hi, True
 
     def allocate(self) -> list[float]:
-        """Run the iterations (each scores its proposals in one batch); the result is cached."""
+        """Run the iterations (each scores its proposals in one batch); the result is cached.
+
+        Each iteration's target re-plans the rest of the way in equal steps:
+        ``resource - (resource - 1) / iterations_left``, so a step that fell
+        short is made up by the next ones rather than carried to the end.
+        When the iterations (or the evaluations) run out before the budget is
+        met, :meth:`_spread` takes what is left from every unit alike; leaving
+        it to the budget clipping would take it all from the last units.
+        """
         if self.allocation is not None:
             return self.allocation
         envs = self.envs
         current = np.zeros(self.num_units)
-        start = envs.resource(current.tolist())
+        reward: float | None = None  # of ``current``; the unpruned model's is not spent an evaluation on
         total = self.iterations()
+        allowed = max(self.episodes - 1, 0)  # the played episode is one evaluation too
         for k in range(1, total + 1):
             if envs.budget_fits(current.tolist()) or (current >= 1.0).all():
                 break
-            target = start + (1.0 - start) * k / total
+            units = np.flatnonzero(current < 1.0)
+            if self.evaluations + len(units) > allowed:
+                break
+            resource = envs.resource(current.tolist())
+            target = resource - (resource - 1.0) / (total - k + 1)
             proposals: list[np.ndarray] = []
             reached: list[bool] = []
-            for unit in np.flatnonzero(current < 1.0):
+            for unit in units:
                 action, ok = self._reach(current, int(unit), target)
                 proposal = current.copy()
                 proposal[unit] = action
@@ -110,22 +126,44 @@ class NetAdaptAgent(Agent):
                 proposals = [p for p, ok in zip(proposals, reached) if ok]
             rewards = envs.evaluate_actions([p.tolist() for p in proposals])
             self.evaluations += len(proposals)
-            current = proposals[int(np.argmax(rewards))]
+            best = int(np.argmax(rewards))
+            if not any(reached) and reward is not None:
+                # unequal reductions (NetAdapt compares equal ones): the least reward lost per resource removed
+                removed = [max(resource - envs.resource(p.tolist()), 1e-12) for p in proposals]
+                best = int(np.argmax([(r - reward) / g for r, g in zip(rewards, removed)]))
+            current, reward = proposals[best], float(rewards[best])
             self.iterations_done = k
+        if not envs.budget_fits(current.tolist()):
+            current = self._spread(current)
+            self.spread = True
         self.allocation = current.tolist()
         return self.allocation
+
+    def _spread(self, actions: np.ndarray) -> np.ndarray:
+        """The smallest common move of every unit toward its largest sparsity, ``a + t (1 - a)``, that meets the budget."""
+        lo, hi = 0.0, 1.0
+        for _ in range(self.options.search_steps):
+            t = (lo + hi) / 2
+            if self.envs.budget_fits((actions + t * (1.0 - actions)).tolist()):
+                hi = t
+            else:
+                lo = t
+        return actions + hi * (1.0 - actions)
 
     def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True, on_round: OnRound | None = None) -> None:
         if episodes < 1 or self.episodes_done >= 1:
             return
         allocation = self.allocate()
-        label = {"phase": "netadapt", "evaluations": self.evaluations + 1, "iterations": self.iterations_done}
+        label = {"phase": "netadapt", "evaluations": self.evaluations + 1, "iterations": self.iterations_done,
+                 "spread": self.spread}
         self._play_rounds(1, lambda k: allocation, on_episode, lambda k: dict(label), on_round)
 
     def _state(self, path: Path) -> dict[str, Any]:
-        return {"allocation": self.allocation, "evaluations": self.evaluations, "iterations_done": self.iterations_done}
+        return {"allocation": self.allocation, "evaluations": self.evaluations, "iterations_done": self.iterations_done,
+                "spread": self.spread}
 
     def _restore(self, state: dict[str, Any], path: Path) -> None:
         self.allocation = state["allocation"]
         self.evaluations = int(state["evaluations"])
         self.iterations_done = int(state["iterations_done"])
+        self.spread = bool(state.get("spread", False))

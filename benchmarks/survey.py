@@ -423,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this section's rows (repeatable)")
     parser.add_argument("--strategy", action="append", default=None, help="run only this strategy's rows (repeatable)")
     parser.add_argument("--budget", action="append", type=float, default=None, help="only this budget's rows (repeatable)")
+    parser.add_argument("--criterion", action="append", default=None, help="only this criterion's rows (repeatable)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="override the mode's episodes of ddpg, random, sensitivity and netadapt (changes the cache key)")
     parser.add_argument("--workers", type=int, default=1,
@@ -452,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         survey = Survey(settings, cache, log=lambda m: print(m, flush=True), workers=args.workers)
         models = tuple(args.model or settings.models)
         rows = [r for r in plan(settings, criteria) if r.model in models and (not args.section or r.section in args.section)
-                and (not args.strategy or r.strategy in args.strategy) and (not args.budget or r.budget in args.budget)]
+                and (not args.strategy or r.strategy in args.strategy) and (not args.budget or r.budget in args.budget)
+                and (not args.criterion or r.criterion in args.criterion)]
         print(f"survey {args.mode}: {len(rows)} rows, cache {cache}", flush=True)
         if args.report_only:
             records = [json.loads((cache / f"{r.key}.json").read_text()) for r in rows if (cache / f"{r.key}.json").is_file()]

@@ -351,6 +351,17 @@ def test_netadapt_counts_every_evaluation_against_the_episodes(episodes):
     assert env.budget_fits(info["actions"]) and env.resource(info["actions"]) == pytest.approx(1.0)
 
 
+def test_netadapt_spreads_what_its_iterations_leave_over_every_unit():
+    # One iteration (7 evaluations, 6 units): no unit alone reaches 30%, so the rest is taken from every unit alike
+    # rather than left to the budget clipping, which takes it from the last units.
+    env = SyntheticPruningEnv(num_units=6, budget=0.3, sensitivities=HARD_SENSITIVITIES)
+    agent = agent_on("netadapt", env, episodes=7)
+    (info,) = play(agent, 7)
+    assert info["agent"]["spread"] and info["agent"]["iterations"] == 1
+    assert env.budget_fits(info["actions"]) and env.resource(info["actions"]) == pytest.approx(1.0, abs=1e-6)
+    assert min(info["actions"]) > 0 and info["actions"] == pytest.approx(agent.allocation, abs=1e-6)  # no clipping
+
+
 def test_netadapt_scores_each_iterations_proposals_in_one_batch():
     env = SyntheticPruningEnv(num_units=6, budget=0.5, sensitivities=HARD_SENSITIVITIES)
     batches = []
