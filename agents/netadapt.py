@@ -107,12 +107,10 @@ class NetAdaptAgent(Agent):
         total = self.iterations()
         allowed = max(self.episodes - 1, 0)  # the played episode is one evaluation too
         for k in range(1, total + 1):
-            if envs.budget_fits(current.tolist()) or (current >= 1.0).all():
-                break
-            units = np.flatnonzero(current < 1.0)
-            if self.evaluations + len(units) > allowed:
-                break
             resource = envs.resource(current.tolist())
+            units = np.flatnonzero(current < 1.0)
+            if resource <= 1.0 or len(units) == 0 or self.evaluations + len(units) > allowed:
+                break  # the first budget is met (the spread below meets any other), or nothing is left to try
             target = resource - (resource - 1.0) / (total - k + 1)
             proposals: list[np.ndarray] = []
             reached: list[bool] = []
