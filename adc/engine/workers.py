@@ -7,7 +7,8 @@ number of workers give the same search.
 
 :class:`RayPool` starts N Ray actors, each holding its own copy of the
 :class:`~adc.objective.evaluator.Evaluator` (model, images, the pruner's
-trace and statistics), shipped once through Ray's object store. The
+trace and statistics), put once in Ray's object store and fetched by each actor
+on its first evaluation (again after a restart). The
 ``i``-th policy of a round always goes to worker ``i mod N``, and the history
 records it. An actor that dies (killed, out of memory) is restarted by Ray
 and its evaluation run again (``max_restarts`` / ``max_task_retries``):
@@ -52,25 +53,34 @@ class InProcessPool:
 
 
 class _Worker:
-    """One Ray actor: an evaluator per scoring, on the actor's device and threads."""
+    """One Ray actor: an evaluator per scoring, on the actor's device and threads.
 
-    def __init__(self, shipped: list[Any], device: str, threads: int) -> None:
+    The evaluators come as object references inside a list with each call, and
+    the actor fetches each once, on first use -- also after Ray restarts it.
+    (A reference among the constructor's arguments would make Ray log an error
+    line for every actor of every search, restartable actors being its concern.)
+    """
+
+    def __init__(self, device: str, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.device = device
+        self.evaluators: dict[str, Evaluator] = {}
+
+    def _fetch(self, shipped: list[Any]) -> Any:
         import ray
 
-        torch.set_num_threads(threads)
-        # The evaluator comes as a reference inside a list: the actor fetches it itself, here and again if Ray
-        # restarts it, while the driver keeps the object alive.
-        evaluator = ray.get(shipped[0])
-        self.evaluators = {"search": evaluator.to(device) if device != "cpu" else evaluator}
-        self.device = device
+        return ray.get(shipped[0])
 
-    def evaluate(self, kept: np.ndarray, score: str, shipped: list[Any] | None = None, source: str = "") -> Evaluation:
-        """Score one policy; another scoring (held-out images) is fetched on its first use, also after a restart."""
+    def _on_device(self, evaluator: Evaluator) -> Evaluator:
+        return evaluator.to(self.device) if self.device != "cpu" else evaluator
+
+    def evaluate(self, kept: np.ndarray, score: str, search: list[Any], shipped: list[Any] | None = None,
+                 source: str = "") -> Evaluation:
+        """Score one policy with the ``score`` scoring (the search's, or another shipped one such as held-out images)."""
+        if "search" not in self.evaluators:
+            self.evaluators["search"] = self._on_device(self._fetch(search))
         if score not in self.evaluators:
-            import ray
-
-            evaluator = self.evaluators["search"].with_score(ray.get(shipped[0]), source)  # type: ignore[index]
-            self.evaluators[score] = evaluator.to(self.device) if self.device != "cpu" else evaluator
+            self.evaluators[score] = self._on_device(self.evaluators["search"].with_score(self._fetch(shipped), source))  # type: ignore[arg-type]
         return self.evaluators[score](kept)
 
     def pid(self) -> int:
@@ -140,7 +150,7 @@ class RayPool:
         actor = ray.remote(num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)(_Worker)
         worker_device = "cuda" if device.startswith("cuda") else "cpu"
         ref = ray.put(evaluator.to("cpu") if device != "cpu" else evaluator)
-        self._actors = [actor.remote([ref], worker_device, threads) for _ in range(workers)]
+        self._actors = [actor.remote(worker_device, threads) for _ in range(workers)]
         self._ref = ref
         self._scores: dict[str, tuple[Any, str]] = {}
 
@@ -154,7 +164,7 @@ class RayPool:
 
     def evaluate(self, kepts: list[np.ndarray], score: str = "search") -> list[Evaluation]:
         shipped, source = ([self._scores[score][0]], self._scores[score][1]) if score in self._scores else (None, "")
-        refs = [self._actors[i % self.workers].evaluate.remote(np.asarray(k), score, shipped, source)
+        refs = [self._actors[i % self.workers].evaluate.remote(np.asarray(k), score, [self._ref], shipped, source)
                 for i, k in enumerate(kepts)]
         try:
             results = self._ray.get(refs)
