@@ -333,7 +333,8 @@ def test_registered_rewards_values():
     assert get_reward("acc")(RECORD) == 0.9
     assert get_reward("acc_flops")(RECORD) == pytest.approx(-0.1 * math.log(2e6))
     assert get_reward("acc_params")(RECORD) == pytest.approx(-0.1 * math.log(5e4))
-    better = dict(RECORD, top1=0.95)
+    assert get_reward("loss")(RECORD) == -0.3
+    better = dict(RECORD, top1=0.95, loss=0.2)
     for name in REWARDS.names():
         assert get_reward(name)(better) > get_reward(name)(RECORD)
 

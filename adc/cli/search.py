@@ -25,7 +25,7 @@ def search_command(
     episodes: Annotated[int | None, typer.Option(help="Episodes in all (default 100).")] = None,
     agent: Annotated[str | None, typer.Option(help="ddpg, td3, sac, uniform, random, sensitivity, ...")] = None,
     criterion: Annotated[str | None, typer.Option(help="Channel criterion: l1, l2, fpgm, bn_scale, taylor, apoz, random, ...")] = None,
-    reward: Annotated[str | None, typer.Option(help="acc, acc_flops, acc_params, acc_latency, acc_energy, or package.module:fn / file.py:fn.")] = None,
+    reward: Annotated[str | None, typer.Option(help="acc, loss, acc_flops, acc_params, acc_latency, acc_energy, or package.module:fn / file.py:fn.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed; the same seed gives the same search on the CPU.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
     round_to: Annotated[str | None, typer.Option(help="Round kept channels to multiples of this, or auto (default): a short measured probe on --runtime picks among 1, 4, 8, 16, 32.")] = None,

@@ -32,6 +32,17 @@ def acc(m: Mapping[str, Any]) -> float:
     return float(m["top1"])
 
 
+@REWARDS.register("loss")
+def loss(m: Mapping[str, Any]) -> float:
+    """Negative cross-entropy on the reward images, under a hard budget like ``acc``.
+
+    A continuous score: it ranks close candidates better than their top-1 on the
+    same images (on the Fashion-MNIST ResNet-20 at 50% FLOPs, as well as top-1
+    on five times as many; ``benchmarks/results/reward_ranking.md``), at no cost.
+    """
+    return -float(m["loss"])
+
+
 @REWARDS.register("acc_flops")
 def acc_flops(m: Mapping[str, Any]) -> float:
     """AMC's ``-error x log(FLOPs)``: prefers fewer FLOPs at equal accuracy."""
