@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from adc.agents.base import Agent, OnEpisode, OnRound, register_agent
+from adc.utils.bisection import smallest_fitting
 from adc.envs.vec_env import PruningVecEnv
 
 
@@ -80,14 +81,12 @@ class NetAdaptAgent(Agent):
         trial[unit] = 1.0
         if self.envs.resource(trial.tolist()) > target:
             return 1.0, False
-        lo, hi = float(actions[unit]), 1.0
-        for _ in range(self.options.search_steps):
-            trial[unit] = (lo + hi) / 2
-            if self.envs.resource(trial.tolist()) <= target:
-                hi = trial[unit]
-            else:
-                lo = trial[unit]
-        return hi, True
+
+        def fits(action: float) -> bool:
+            trial[unit] = action
+            return self.envs.resource(trial.tolist()) <= target
+
+        return smallest_fitting(fits, float(actions[unit]), 1.0, self.options.search_steps), True
 
     def allocate(self) -> list[float]:
         """Run the iterations (each scores its proposals in one batch); the result is cached.
@@ -139,14 +138,9 @@ class NetAdaptAgent(Agent):
 
     def _spread(self, actions: np.ndarray) -> np.ndarray:
         """The smallest common move of every unit toward its largest sparsity, ``a + t (1 - a)``, that meets the budget."""
-        lo, hi = 0.0, 1.0
-        for _ in range(self.options.search_steps):
-            t = (lo + hi) / 2
-            if self.envs.budget_fits((actions + t * (1.0 - actions)).tolist()):
-                hi = t
-            else:
-                lo = t
-        return actions + hi * (1.0 - actions)
+        t = smallest_fitting(lambda t: self.envs.budget_fits((actions + t * (1.0 - actions)).tolist()), 0.0, 1.0,
+                             self.options.search_steps)
+        return actions + t * (1.0 - actions)
 
     def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True, on_round: OnRound | None = None) -> None:
         if episodes < 1 or self.episodes_done >= 1:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from adc.agents.base import Agent, OnEpisode, OnRound, register_agent
+from adc.utils.bisection import smallest_fitting
 from adc.envs.vec_env import PruningVecEnv
 
 
@@ -57,14 +58,8 @@ class GlobalThresholdAgent(Agent):
             if min(envs.threshold_actions(hi)) >= 1.0:
                 break  # every unit at its largest sparsity: higher thresholds change nothing
             hi *= 2.0
-        lo = 0.0
-        for _ in range(self.options.bisection_steps):
-            mid = (lo + hi) / 2
-            if envs.budget_fits(envs.threshold_actions(mid)):
-                hi = mid
-            else:
-                lo = mid
-        return hi
+        return smallest_fitting(lambda t: envs.budget_fits(envs.threshold_actions(t)), 0.0, hi,
+                                self.options.bisection_steps)
 
     def run(self, episodes: int, on_episode: OnEpisode, *, explore: bool = True, on_round: OnRound | None = None) -> None:
         if episodes < 1 or self.episodes_done >= 1:

@@ -279,6 +279,15 @@ def _notes(path: Path) -> list[str]:
     return [path.read_text().rstrip(), ""]
 
 
+def write_page(out_dir: Path, stem: str, text: str) -> Path:
+    """Write ``{stem}.md`` -- ``text``, then the hand-written reading ``{stem}_notes.md`` when present -- and print it."""
+    page = "\n".join([text.rstrip(), "", *_notes(out_dir / f"{stem}_notes.md")]).rstrip() + "\n"
+    written = atomic_write_text(out_dir / f"{stem}.md", page)
+    print(page)
+    print(f"wrote {written}")
+    return written
+
+
 def write_report(
     records: list[dict[str, Any]],
     references: Mapping[str, Mapping[str, Any]],

@@ -31,6 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import write_page
 from benchmarks.run import CACHE_ROOT, RESULTS_DIR
 
 
@@ -64,7 +65,7 @@ def measure(record: dict[str, Any], val_size: int) -> dict[str, Any]:
     }
 
 
-def report(measured: list[dict[str, Any]], cache: Path, val_size: int, select_size: int, notes: str | None) -> str:
+def report(measured: list[dict[str, Any]], cache: Path, val_size: int, select_size: int) -> str:
     pts = lambda v: f"{100 * v:.2f}"  # noqa: E731 -- points of top-1
     lines = ["# How noisy is the search's reward?", "",
              f"- Command: `python -m benchmarks.reward_noise` (reads `{cache.relative_to(cache.parents[2])}`; runs nothing).",
@@ -89,8 +90,6 @@ def report(measured: list[dict[str, Any]], cache: Path, val_size: int, select_si
         lines.append(f"| {model} | {budget} | {len(ms)} | {statistics.median(m['rho'] for m in ms):+.2f} | "
                      f"+{pts(statistics.mean(m['optimism'] for m in ms))} | "
                      f"{pts(statistics.mean(m['best_heldout'] - m['best_reward_heldout'] for m in ms))} |")
-    if notes:
-        lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -110,14 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if not measured:
         print(f"error: --cache {cache}: no search row with a final selection", file=sys.stderr)
         return 2
-    notes_path = args.out / "reward_noise_notes.md"
-    text = report(measured, cache.resolve(), val_size, select_size,
-                  notes_path.read_text() if notes_path.is_file() else None)
-    from adc.utils.files import atomic_write_text
-
-    written = atomic_write_text(args.out / "reward_noise.md", text)
-    print(text)
-    print(f"wrote {written}")
+    write_page(args.out, "reward_noise", report(measured, cache.resolve(), val_size, select_size))
     return 0
 
 

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import write_page
 from benchmarks.run import CACHE_ROOT, DATA, RESULTS_DIR, _write_json, load_reference
 
 REWARDS = {"top-1, 1,000 images": ("correct", 1000), "-loss, 1,000 images": ("loss", 1000),
@@ -124,9 +125,6 @@ def report(record: dict[str, Any], command: str) -> str:
         rho_top = spearmanr([scores[i] for i in top], [truth[i] for i in top]).statistic
         lines.append(f"| {label} | {rho_all:+.2f} | {rho_top:+.2f} | {100 * truth[order[0]]:.2f} |")
     lines.append(f"| (the truth's own best) | | | {100 * max(truth):.2f} |")
-    notes = RESULTS_DIR / "reward_ranking_notes.md"
-    if notes.is_file():
-        lines += ["", notes.read_text().strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -141,12 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     record = measure(args.policies, cache, log=lambda m: print(m, flush=True))
     command = "python -m benchmarks.reward_ranking " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(record, command.strip())
-    from adc.utils.files import atomic_write_text
-
-    written = atomic_write_text(args.out / "reward_ranking.md", text)
-    print(text)
-    print(f"wrote {written}")
+    write_page(args.out, "reward_ranking", report(record, command.strip()))
     return 0
 
 

@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -119,6 +120,17 @@ def plan(settings: Settings) -> list[Row]:
                     rows.append(Row(model, budget, strategy, 0, reconstruct=False))
                     rows.append(Row(model, budget, strategy, 0, bn_recalibration=False))
     return rows
+
+
+def start_local_ray(workers: int) -> None:
+    """With ``workers`` above 1, one local Ray instance for a whole benchmark run (each search would otherwise start
+    and stop its own); the searches' pools join it."""
+    if workers > 1:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import CACHE_ROOT, DATA, RESULTS_DIR, _write_json, load_reference
+from benchmarks.run import CACHE_ROOT, DATA, RESULTS_DIR, _write_json, load_reference, start_local_ray
 
 def noise(test_images: int) -> float:
     """Points of test top-1 below which two results tie: the standard error of the test split at ~90% top-1
@@ -238,17 +238,6 @@ class Survey:
             "search_s": seconds, "episode_mean_s": sum(h["wall_time"] for h in history) / len(history),
         }
 
-    def _start_ray(self) -> None:
-        """With workers, one local Ray instance for the whole run (each search would otherwise start its own)."""
-        if self.workers > 1:
-            import os
-
-            import ray
-
-            if not ray.is_initialized():
-                ray.init(num_cpus=max(os.cpu_count() or 1, self.workers), include_dashboard=False,
-                         log_to_driver=False, logging_level="ERROR")
-
     def run(self, rows: list[Row]) -> list[dict[str, Any]]:
         done, spent, fresh = [], 0.0, 0
         for i, row in enumerate(rows, 1):
@@ -257,7 +246,7 @@ class Survey:
                 done.append(json.loads(path.read_text()))
                 continue
             self.model(row.model, row.sparsity)  # trained before the clock starts: the estimate is of rows
-            self._start_ray()
+            start_local_ray(self.workers)
             started = time.perf_counter()
             record = self.run_row(row)
             _write_json(path, record)

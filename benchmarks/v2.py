@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import CACHE_ROOT, RESULTS_DIR, Bench, Row, _write_json
+from benchmarks.run import CACHE_ROOT, RESULTS_DIR, Bench, Row, _write_json, start_local_ray
 
 SEEDED = ("random", "cmaes", "tpe", "ddpg")
 """Strategies run with every seed; uniform and sensitivity are deterministic for a model and budget."""
@@ -149,16 +149,6 @@ class V2Bench(Bench):
         images, labels = image_range(self.splits.val, settings.val_size, settings.select_size)
         self.holdout = ValidationScore(images, labels)
 
-    def _start_ray(self) -> None:
-        if self.settings.workers > 1:
-            import os
-
-            import ray
-
-            if not ray.is_initialized():
-                ray.init(num_cpus=max(os.cpu_count() or 1, self.settings.workers), include_dashboard=False,
-                         log_to_driver=False, logging_level="ERROR")
-
     def heldout_curve(self, result: Any, strategy: str) -> tuple[list[dict[str, Any]], int]:
         """The best-so-far policy's held-out top-1 at each checkpoint (see the module docs); and the evaluations spent.
 
@@ -254,7 +244,7 @@ class V2Bench(Bench):
         """Search every row (cached), then fine-tune it if its seed is below ``finetune_seeds`` (cached apart)."""
         done: list[dict[str, Any]] = []
         started, fresh = time.perf_counter(), 0
-        self._start_ray()
+        start_local_ray(self.settings.workers)
         for i, row in enumerate(rows, 1):
             t0 = time.perf_counter()
             record, ran = self._cached(self.cache / f"{row.key}.json", lambda: self.run_row(row))

@@ -24,6 +24,7 @@ from adc.analysis.energy import EnergyModel
 from adc.analysis.latency import LatencyTable
 from adc.analysis.space import PolicySpace
 from adc.objective.budgets import Budget, BudgetSpec, resolve_budgets
+from adc.utils.bisection import smallest_fitting
 from adc.objective.evaluator import Evaluation, Evaluator, Score
 from adc.objective.metrics import MetricsRecorder
 from adc.objective.rewards import Reward, check_reward, get_reward, reward_label
@@ -245,16 +246,9 @@ class ModelTask:
 
     def uniform_actions(self) -> list[float]:
         """The single action for every unit whose policy comes closest to the budget without exceeding it."""
-        lo, hi = 0.0, 1.0
         if self.budget_fits([0.0] * self.num_units):
             return [0.0] * self.num_units
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            if self.budget_fits([mid] * self.num_units):
-                hi = mid
-            else:
-                lo = mid
-        return [hi] * self.num_units
+        return [smallest_fitting(lambda a: self.budget_fits([a] * self.num_units), 0.0, 1.0)] * self.num_units
 
     def unit_costs(self) -> list[float]:
         """Each unit's share of the first budget's cost (MACs or params) that depends on it."""

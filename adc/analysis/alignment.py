@@ -60,6 +60,7 @@ from adc.analysis.cost import cost_of_kept
 from adc.analysis.graph import ModelGraph
 from adc.analysis.latency import default_cache_dir, model_key
 from adc.analysis.timers import Timer, side_by_side
+from adc.utils.bisection import smallest_fitting
 from adc.utils.errors import AdcError
 from adc.utils.files import atomic_write_text
 
@@ -107,16 +108,9 @@ def uniform_kept(graph: ModelGraph, fraction: float, multiple: int) -> np.ndarra
     def kept_at(sparsity: float) -> np.ndarray:
         return np.array([u.kept(sparsity, multiple) for u in graph.units], dtype=np.float64)
 
-    lo, hi = 0.0, 0.99
-    if cost_of_kept(graph, kept_at(hi)).macs > fraction * full:
-        return kept_at(hi)
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if cost_of_kept(graph, kept_at(mid)).macs <= fraction * full:
-            hi = mid
-        else:
-            lo = mid
-    return kept_at(hi)
+    if cost_of_kept(graph, kept_at(0.99)).macs > fraction * full:
+        return kept_at(0.99)
+    return kept_at(smallest_fitting(lambda s: cost_of_kept(graph, kept_at(s)).macs <= fraction * full, 0.0, 0.99))
 
 
 @dataclass

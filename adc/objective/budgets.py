@@ -21,6 +21,7 @@ from adc.analysis.energy import EnergyPrice, load_energy_model
 from adc.utils.errors import AdcError
 from adc.analysis.graph import ModelGraph
 from adc.analysis.space import PolicySpace
+from adc.utils.bisection import smallest_fitting
 from adc.utils.registry import Registry
 
 Price = Callable[[np.ndarray], float]
@@ -275,10 +276,6 @@ def uniform_kept(space: PolicySpace, budgets: Iterable[Budget]) -> np.ndarray:
         kept = space.kept_of_actions([action] * len(space.units))
         return all(b.price(kept) <= b.limit * (1 + 1e-9) for b in budgets)
 
-    lo, hi = 0.0, 1.0
     if fits(0.0):
         return space.kept_of_actions([0.0] * len(space.units))
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-    return space.kept_of_actions([hi] * len(space.units))
+    return space.kept_of_actions([smallest_fitting(fits, 0.0, 1.0)] * len(space.units))
