@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import write_page
-from benchmarks.run import CACHE_ROOT, RESULTS_DIR
+from benchmarks.run import RESULTS_DIR
+from benchmarks.v2 import MODES, cache_dir
 
 
 def rows(cache: Path) -> list[dict[str, Any]]:
@@ -95,12 +96,12 @@ def report(measured: list[dict[str, Any]], cache: Path, val_size: int, select_si
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reward_noise", description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=None, help="a v2 cache folder (default: the newest full one)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="a v2 cache folder (default: the full run's, acc reward)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
-    caches = sorted(CACHE_ROOT.glob("v2-full-*"), key=lambda p: p.stat().st_mtime)
-    cache = args.cache or (caches[-1] if caches else None)
-    if cache is None or not cache.is_dir():
+    cache = args.cache or cache_dir("full", MODES["full"])
+    if not cache.is_dir():
         print("error: --cache: no v2 cache folder (run `python -m benchmarks.v2 --full` first)", file=sys.stderr)
         return 2
     settings = json.loads((cache / "settings.json").read_text()) if (cache / "settings.json").is_file() else {}

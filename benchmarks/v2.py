@@ -81,6 +81,7 @@ class V2Settings:
     checkpoints: tuple[int, ...] = (10, 25, 50, 100, 150, 200)
     train_epochs: int = 8                # reference model training (adc.inputs.pretrained.ensure_trained)
     criterion: str = "l1"
+    reward: str = "acc"                  # adc.search(..., reward=): the search's reward (benchmarks.reward_search compares)
     finetune_epochs: int = 2
     finetune_samples: int | None = None  # training images per fine-tune epoch (None: the whole train split)
     finetune_lr: float = 0.01
@@ -88,8 +89,9 @@ class V2Settings:
     distill: bool = True                 # fine-tune with the unpruned reference model as teacher
 
     def tag(self) -> str:
-        """Hash of the search fields (the cache folder)."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if not _is_finetune_field(k)}
+        """Hash of the search fields (the cache folder); the default reward is left out, so older caches keep their name."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items()
+                  if not _is_finetune_field(k) and not (k == "reward" and v == "acc")}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     def finetune_tag(self) -> str:
@@ -115,6 +117,11 @@ MODES: dict[str, V2Settings] = {
         seeds=1, episodes=8, checkpoints=(2, 4, 8), train_epochs=1, finetune_samples=1000, finetune_seeds=1,
     ),
 }
+
+
+def cache_dir(mode: str, settings: V2Settings) -> Path:
+    """The cache folder of a mode's rows under ``settings`` (see :meth:`V2Settings.tag`)."""
+    return CACHE_ROOT / f"v2-{mode}-{settings.tag()}"
 
 
 def plan(settings: V2Settings) -> list[Row]:
@@ -188,7 +195,7 @@ class V2Bench(Bench):
         result = search(
             model, self.x, data=self.splits, budget=[f"flops={row.budget}"], agent=row.strategy, episodes=s.episodes,
             criterion=s.criterion, bn_calibration=s.bn_calibration, val_size=s.val_size, seed=row.seed,
-            select_top=s.select_top, select_size=s.select_size, workers=s.workers,
+            select_top=s.select_top, select_size=s.select_size, workers=s.workers, reward=s.reward,
         )
         search_seconds = time.perf_counter() - started
         t0 = time.perf_counter()
@@ -200,7 +207,7 @@ class V2Bench(Bench):
         history = result.history
         return {
             "model": row.model, "budget_flops": row.budget, "strategy": row.strategy, "seed": row.seed,
-            "variant": "default", "workers": s.workers, "episodes": len(history),
+            "variant": "default", "reward": s.reward, "workers": s.workers, "episodes": len(history),
             "evaluations": _evaluations(row.strategy, history, result, s.episodes),
             "search_wall_s": search_seconds, "curve_s": curve_seconds, "curve_evaluations": fresh,
             "episode_mean_s": sum(h["wall_time"] for h in history) / len(history),
@@ -374,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", action="append", type=float, default=None, help="only this budget's rows (repeatable)")
     parser.add_argument("--seed", action="append", type=int, default=None, help="only this seed's rows (repeatable)")
     parser.add_argument("--episodes", type=int, default=None, help="override the mode's episodes (changes the cache key)")
+    parser.add_argument("--reward", default=None,
+                        help="the searches' reward (default acc; another changes the cache key and writes no v2 page: "
+                             "python -m benchmarks.reward_search compares it with acc)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the page from the cached rows, run nothing")
     parser.add_argument("--estimate", action="store_true", help="print the full run's time from the smoke cache, run nothing")
     parser.add_argument("--references", action="store_true",
@@ -389,9 +399,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, models=tuple(args.model))
     if args.episodes is not None:
         settings = dataclasses.replace(settings, episodes=args.episodes)
+    if args.reward is not None:
+        from adc.objective.rewards import REWARDS
+
+        if args.reward not in REWARDS:
+            parser.error(f"--reward: unknown {args.reward!r}; valid: {', '.join(REWARDS.names())}")
+        settings = dataclasses.replace(settings, reward=args.reward)
     if args.estimate:
         return _print_estimate()
-    cache = CACHE_ROOT / f"v2-{args.mode}-{settings.tag()}"
+    cache = cache_dir(args.mode, settings)
     cache.mkdir(parents=True, exist_ok=True)
     _write_json(cache / "settings.json", dataclasses.asdict(settings))
     command = "python -m benchmarks.v2 " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
@@ -414,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     except AdcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.reward != "acc":
+        print(f"rows cached in {cache}; compare them with the acc reward's: python -m benchmarks.reward_search", flush=True)
+        return 0
     from benchmarks.report_v2 import write_report
 
     out = args.out or (cache / "results" if args.mode == "smoke" else RESULTS_DIR)
@@ -426,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_estimate() -> int:
     smoke_settings, full = MODES["smoke"], MODES["full"]
-    cache = CACHE_ROOT / f"v2-smoke-{smoke_settings.tag()}"
+    cache = cache_dir("smoke", smoke_settings)
     rows = [r for r in plan(smoke_settings) if (cache / f"{r.key}.json").is_file()]
     if not rows:
         print("no smoke rows cached: run python -m benchmarks.v2 --smoke first", file=sys.stderr)
