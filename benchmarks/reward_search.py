@@ -111,7 +111,22 @@ def report(rows: dict[str, dict[tuple[str, float, str, int], dict[str, Any]]]) -
             f"{_pts(tuned[0])} / {_pts(tuned[1])} |")
     if not cells:
         lines.append("| (no cell has rows under both rewards yet) |||||||||| ")
+    lines += ["", "Pooled over strategies and seeds (paired by strategy and seed; ± is the standard error of the mean):", ""]
+    for model, budget in dict.fromkeys(c[:2] for c in cells):
+        pairs = [(acc[k], loss[k]) for k in acc if k[:2] == (model, budget) and k in loss]
+        lines.append(f"- {model} at {budget} FLOPs, {len(pairs)} pairs: test top-1 loss − acc "
+                     f"{_paired([p[0]['test_top1_pruned'] for p in pairs], [p[1]['test_top1_pruned'] for p in pairs])}; "
+                     f"held-out top-1 of the best-reward policy at 200 episodes "
+                     f"{_paired([curve_at(p[0], 200) for p in pairs], [curve_at(p[1], 200) for p in pairs])}.")
     return "\n".join(lines) + "\n"
+
+
+def _paired(a: list[float | None], b: list[float | None]) -> str:
+    d = [100 * (y - x) for x, y in zip(a, b) if x is not None and y is not None]
+    if not d:
+        return "—"
+    se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
+    return f"{statistics.mean(d):+.2f} ± {se:.2f} points ({sum(x > 0 for x in d)} of {len(d)} pairs higher with loss)"
 
 
 def main(argv: list[str] | None = None) -> int:
