@@ -55,6 +55,7 @@ from adc.agents.noise import NoiseSchedule, truncated_normal
 from adc.envs import contract
 from adc.envs.vec_env import PruningVecEnv
 from adc.utils.device import torch_threads
+from adc.utils.errors import AdcError
 
 _SB3_INFO_KEYS = ("terminal_observation", "TimeLimit.truncated")
 
@@ -81,6 +82,11 @@ class OffPolicyOptions:
         start_uniform: Play the uniform policy as the first warm-up episode
             (needs at least one warm-up episode; the task's ``uniform_actions()``).
         updates_per_step: Gradient steps a round per transition it stored (AMC: 1).
+        warmup_sigma: Warm-up actions: None draws them uniform in [0, 1] (AMC); a
+            sigma draws each from a truncated normal of that sigma around the
+            uniform policy's action at its step (a warm start from the uniform
+            policy: at tight budgets most clipped uniform-random policies are
+            worse than it, ``benchmarks/results/fashion_mnist_v2.md``).
     """
 
     warmup: int | None = None
@@ -95,6 +101,7 @@ class OffPolicyOptions:
     threads: int = 1
     start_uniform: bool = True
     updates_per_step: float = 1.0
+    warmup_sigma: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +140,13 @@ class AmcExploration:
         self.sigma: float | None = None
         self.quiet_sigma: float | None = None
         self.scripted: list[float] = []
+        self.warm_centres: list[float] | None = None
+        self.warm_sigma = 0.0
+        self.step = 0
+
+    def warm_around(self, centres: list[float], sigma: float) -> None:
+        """Draw warm-up actions around ``centres`` (one per step of an episode) instead of uniform in the bounds."""
+        self.warm_centres, self.warm_sigma = list(centres), float(sigma)
 
     def start_round(self, *, explore: bool, sigma: float | None, quiet_sigma: float | None = None,
                     scripted: list[float] | None = None) -> None:
@@ -146,24 +160,33 @@ class AmcExploration:
         """
         self.explore, self.sigma, self.quiet_sigma = explore, sigma, quiet_sigma
         self.scripted = list(scripted or [])
+        self.step = 0
+
+    def _warmup(self, step: int, shape: tuple[int, ...], low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """Warm-up actions of every environment at ``step`` of the round's episodes."""
+        if self.warm_centres is None:
+            return self.rng.uniform(low, high, size=shape)
+        centre = np.full(shape, self.warm_centres[step % len(self.warm_centres)], dtype=np.float64)
+        return truncated_normal(self.rng, centre, self.warm_sigma, low, high)
 
     def sample(self, algo: OffPolicyAlgorithm, learning_starts: int, n_envs: int) -> np.ndarray:
         """The actions of one vector step (in the action space's bounds)."""
         space = algo.action_space
         low, high = space.low, space.high
         shape = (n_envs, *space.shape)
+        step, self.step = self.step, self.step + 1
         if self.scripted:
             first = self.scripted.pop(0)
             if n_envs == 1:
                 return np.full(shape, first, dtype=np.float32)
-            action = self.rng.uniform(low, high, size=shape)
+            action = self._warmup(step, shape, low, high)
             action[0] = first
         elif not self.explore:
             action, _ = algo.predict(algo._last_obs, deterministic=True)
             if n_envs > 1 and self.quiet_sigma:
                 action[1:] = truncated_normal(self.rng, action[1:], self.quiet_sigma, low, high)
         elif algo.num_timesteps < learning_starts:
-            action = self.rng.uniform(low, high, size=shape)
+            action = self._warmup(step, shape, low, high)
         elif self.sigma is None:
             action, _ = algo.predict(algo._last_obs, deterministic=False)
         else:
@@ -276,6 +299,11 @@ class OffPolicyAgent(Agent):
         self.baseline = MovingAverageBaseline(o.baseline_decay)
         self.noise: NoiseSchedule | None = None
         self.exploration = AmcExploration(np.random.default_rng(self.seed))
+        if o.warmup_sigma is not None:
+            if not 0.0 < o.warmup_sigma <= 1.0:
+                raise AdcError(f"agent option warmup_sigma={o.warmup_sigma}: must be in (0, 1], or unset for AMC's "
+                               "uniform draws")
+            self.exploration.warm_around(self.envs.uniform_actions(), o.warmup_sigma)
         self.algo = self.algorithm_class(
             "MlpPolicy",
             envs,

@@ -81,7 +81,8 @@ class V2Settings:
     checkpoints: tuple[int, ...] = (10, 25, 50, 100, 150, 200)
     train_epochs: int = 8                # reference model training (adc.inputs.pretrained.ensure_trained)
     criterion: str = "l1"
-    reward: str = "acc"                  # adc.search(..., reward=): the search's reward (benchmarks.reward_search compares)
+    reward: str = "acc"                  # adc.search(..., reward=): the search's reward
+    agent_options: tuple[tuple[str, Any], ...] = ()  # adc.search(..., agent_options=) of the strategies a variant changes
     finetune_epochs: int = 2
     finetune_samples: int | None = None  # training images per fine-tune epoch (None: the whole train split)
     finetune_lr: float = 0.01
@@ -89,9 +90,10 @@ class V2Settings:
     distill: bool = True                 # fine-tune with the unpruned reference model as teacher
 
     def tag(self) -> str:
-        """Hash of the search fields (the cache folder); the default reward is left out, so older caches keep their name."""
+        """Hash of the search fields (the cache folder); fields at their default for every variant are left out,
+        so the caches made before those fields existed keep their name."""
         fields = {k: v for k, v in dataclasses.asdict(self).items()
-                  if not _is_finetune_field(k) and not (k == "reward" and v == "acc")}
+                  if not _is_finetune_field(k) and (k, v) not in (("reward", "acc"), ("agent_options", ()))}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     def finetune_tag(self) -> str:
@@ -117,6 +119,38 @@ MODES: dict[str, V2Settings] = {
         seeds=1, episodes=8, checkpoints=(2, 4, 8), train_epochs=1, finetune_samples=1000, finetune_seeds=1,
     ),
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One change to the default search, run on the same rows (``--variant``) and compared by :mod:`benchmarks.v2_variants`.
+
+    Attributes:
+        changes: The :class:`V2Settings` fields it sets.
+        strategies: The strategies it changes (its rows; the others would repeat the default's).
+        note: What it changes and why it was tried.
+    """
+
+    changes: dict[str, Any]
+    strategies: tuple[str, ...]
+    note: str
+
+    def apply(self, settings: V2Settings) -> V2Settings:
+        """``settings`` with the change."""
+        return dataclasses.replace(settings, **self.changes)
+
+
+VARIANTS: dict[str, Variant] = {
+    "reward-loss": Variant(
+        {"reward": "loss"}, ("random", "cmaes", "tpe", "ddpg"),
+        "`--reward loss` (minus the cross-entropy on the reward's 1,000 images) in place of `acc` (their top-1): "
+        "it ranks close policies better (reward_ranking.md)"),
+    "ddpg-warmup-uniform": Variant(
+        {"agent_options": (("warmup_sigma", 0.2),)}, ("ddpg",),
+        "ddpg's warm-up actions drawn around the uniform policy (truncated normal, sigma 0.2) instead of uniform "
+        "in [0, 1]: at 30% FLOPs every warm-up episode was worse than the uniform policy"),
+}
+"""The variants ``--variant`` runs, by name."""
 
 
 def cache_dir(mode: str, settings: V2Settings) -> Path:
@@ -196,6 +230,7 @@ class V2Bench(Bench):
             model, self.x, data=self.splits, budget=[f"flops={row.budget}"], agent=row.strategy, episodes=s.episodes,
             criterion=s.criterion, bn_calibration=s.bn_calibration, val_size=s.val_size, seed=row.seed,
             select_top=s.select_top, select_size=s.select_size, workers=s.workers, reward=s.reward,
+            agent_options=dict(s.agent_options),
         )
         search_seconds = time.perf_counter() - started
         t0 = time.perf_counter()
@@ -207,7 +242,7 @@ class V2Bench(Bench):
         history = result.history
         return {
             "model": row.model, "budget_flops": row.budget, "strategy": row.strategy, "seed": row.seed,
-            "variant": "default", "reward": s.reward, "workers": s.workers, "episodes": len(history),
+            "variant": "default", "reward": s.reward, "agent_options": dict(s.agent_options), "workers": s.workers, "episodes": len(history),
             "evaluations": _evaluations(row.strategy, history, result, s.episodes),
             "search_wall_s": search_seconds, "curve_s": curve_seconds, "curve_evaluations": fresh,
             "episode_mean_s": sum(h["wall_time"] for h in history) / len(history),
@@ -381,9 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", action="append", type=float, default=None, help="only this budget's rows (repeatable)")
     parser.add_argument("--seed", action="append", type=int, default=None, help="only this seed's rows (repeatable)")
     parser.add_argument("--episodes", type=int, default=None, help="override the mode's episodes (changes the cache key)")
-    parser.add_argument("--reward", default=None,
-                        help="the searches' reward (default acc; another changes the cache key and writes no v2 page: "
-                             "python -m benchmarks.reward_search compares it with acc)")
+    parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
+                        help="one change to the search, on its strategies' rows (its own cache; no v2 page: "
+                             "python -m benchmarks.v2_variants compares it with the default)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the page from the cached rows, run nothing")
     parser.add_argument("--estimate", action="store_true", help="print the full run's time from the smoke cache, run nothing")
     parser.add_argument("--references", action="store_true",
@@ -399,19 +434,16 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, models=tuple(args.model))
     if args.episodes is not None:
         settings = dataclasses.replace(settings, episodes=args.episodes)
-    if args.reward is not None:
-        from adc.objective.rewards import REWARDS
-
-        if args.reward not in REWARDS:
-            parser.error(f"--reward: unknown {args.reward!r}; valid: {', '.join(REWARDS.names())}")
-        settings = dataclasses.replace(settings, reward=args.reward)
+    if args.variant is not None:
+        settings = VARIANTS[args.variant].apply(settings)
     if args.estimate:
         return _print_estimate()
     cache = cache_dir(args.mode, settings)
     cache.mkdir(parents=True, exist_ok=True)
     _write_json(cache / "settings.json", dataclasses.asdict(settings))
     command = "python -m benchmarks.v2 " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    rows = [r for r in plan(settings) if (not args.model or r.model in args.model)
+    strategies = VARIANTS[args.variant].strategies if args.variant else settings.strategies
+    rows = [r for r in plan(settings) if r.strategy in strategies and (not args.model or r.model in args.model)
             and (not args.strategy or r.strategy in args.strategy) and (not args.budget or r.budget in args.budget)
             and (not args.seed or r.seed in args.seed)]
     print(f"benchmark v2 {args.mode}: {len(rows)} rows, cache {cache}", flush=True)
@@ -430,8 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     except AdcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if settings.reward != "acc":
-        print(f"rows cached in {cache}; compare them with the acc reward's: python -m benchmarks.reward_search", flush=True)
+    if args.variant is not None:
+        print(f"rows cached in {cache}; compare them with the default: python -m benchmarks.v2_variants", flush=True)
         return 0
     from benchmarks.report_v2 import write_report
 

@@ -232,6 +232,19 @@ def test_first_warmup_episode_plays_the_uniform_policy(name, env):
     assert not np.allclose(off["actions"], env.uniform_actions(), atol=1e-3)
 
 
+@pytest.mark.parametrize("name", RL_AGENTS)
+def test_warmup_sigma_draws_warmup_actions_around_the_uniform_policy(name, env):
+    uniform = np.asarray(env.uniform_actions())
+    spread = {}
+    for sigma in (None, 0.05):
+        episodes = play(agent_on(name, env, episodes=8, warmup=4, warmup_sigma=sigma, hidden=(16, 16)), 4)[1:]
+        assert all(e["agent"]["phase"] == "warmup" for e in episodes)
+        spread[sigma] = np.mean([np.abs(np.asarray(e["actions"]) - uniform).max() for e in episodes])
+    assert spread[0.05] < 0.25 < spread[None]
+    with pytest.raises(AdcError, match="warmup_sigma=1.5.*\\(0, 1\\]"):
+        agent_on(name, env, episodes=8, warmup_sigma=1.5)
+
+
 def test_exploitation_episodes_play_the_actor_without_noise(env):
     agent = agent_on("ddpg", env, episodes=6, **SMALL)
     play(agent, 6)
