@@ -103,6 +103,11 @@ class OffPolicyOptions:
     updates_per_step: float = 1.0
     warmup_sigma: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.warmup_sigma is not None and not 0.0 < self.warmup_sigma <= 1.0:
+            raise AdcError(f"agent option warmup_sigma={self.warmup_sigma}: must be in (0, 1], or unset for AMC's "
+                           "uniform draws")
+
 
 @dataclasses.dataclass(frozen=True)
 class NoisyOffPolicyOptions(OffPolicyOptions):
@@ -300,9 +305,6 @@ class OffPolicyAgent(Agent):
         self.noise: NoiseSchedule | None = None
         self.exploration = AmcExploration(np.random.default_rng(self.seed))
         if o.warmup_sigma is not None:
-            if not 0.0 < o.warmup_sigma <= 1.0:
-                raise AdcError(f"agent option warmup_sigma={o.warmup_sigma}: must be in (0, 1], or unset for AMC's "
-                               "uniform draws")
             self.exploration.warm_around(self.envs.uniform_actions(), o.warmup_sigma)
         self.algo = self.algorithm_class(
             "MlpPolicy",
