@@ -242,7 +242,8 @@ class V2Bench(Bench):
         history = result.history
         return {
             "model": row.model, "budget_flops": row.budget, "strategy": row.strategy, "seed": row.seed,
-            "variant": "default", "reward": s.reward, "agent_options": dict(s.agent_options), "workers": s.workers, "episodes": len(history),
+            "variant": "default", "reward": s.reward, "agent_options": dict(s.agent_options), "workers": s.workers,
+            "episodes": len(history),
             "evaluations": _evaluations(row.strategy, history, result, s.episodes),
             "search_wall_s": search_seconds, "curve_s": curve_seconds, "curve_evaluations": fresh,
             "episode_mean_s": sum(h["wall_time"] for h in history) / len(history),

@@ -83,7 +83,7 @@ def report(name: str, variant: Variant, default: dict[tuple, dict[str, Any]], ch
         f"{', '.join(variant.strategies)}.",
         f"- Command: `python -m benchmarks.v2_variants` (reads the cached rows of `python -m benchmarks.v2 --full` and "
         f"`python -m benchmarks.v2 --full --variant {name}`).",
-        f"- Everything else is v2's full mode (`{json.dumps({k: v for k, v in dataclasses.asdict(MODES['full']).items() if k in ('episodes', 'val_size', 'select_size', 'select_top', 'workers', 'criterion', 'reward')}, sort_keys=True)}`).",
+        f"- Everything else is v2's full mode (`{json.dumps(_shown_settings(), sort_keys=True)}`).",
         "- Columns: test top-1 (%) of the handed-back model, mean ± sd over the seeds run both ways; "
         "Δ = mean of the paired differences (variant − default, same seed); held-out @N = top-1 on the 5,000 "
         "validation images after the reward's, of the best-reward policy after N episodes (before the final "
@@ -111,6 +111,12 @@ def report(name: str, variant: Variant, default: dict[tuple, dict[str, Any]], ch
                      f"held-out top-1 of the best-reward policy at 200 episodes "
                      f"{_paired([curve_at(p[0], 200) for p in pairs], [curve_at(p[1], 200) for p in pairs])}.")
     return "\n".join(lines) + "\n"
+
+
+def _shown_settings() -> dict[str, Any]:
+    """The full mode's settings a reader needs to place the rows."""
+    shown = ("episodes", "val_size", "select_size", "select_top", "workers", "criterion", "reward")
+    return {k: v for k, v in dataclasses.asdict(MODES["full"]).items() if k in shown}
 
 
 def _paired(a: list[float | None], b: list[float | None]) -> str:
