@@ -158,6 +158,24 @@ def cache_dir(mode: str, settings: V2Settings) -> Path:
     return CACHE_ROOT / f"v2-{mode}-{settings.tag()}"
 
 
+def finetune_path(cache: Path, settings: V2Settings, row: Row) -> Path:
+    """Where a row's fine-tune under ``settings``' fine-tune fields is cached."""
+    return cache / f"{row.key}-ft-{settings.finetune_tag()}.json"
+
+
+def cached_records(cache: Path, settings: V2Settings, rows: list[Row]) -> list[tuple[Row, dict[str, Any]]]:
+    """The rows of ``rows`` already searched in ``cache``, each with its fine-tune where cached (seeds below
+    ``finetune_seeds``); nothing is run."""
+    out = []
+    for row in rows:
+        path = cache / f"{row.key}.json"
+        if path.is_file():
+            tuned = finetune_path(cache, settings, row)
+            extra = json.loads(tuned.read_text()) if tuned.is_file() and row.seed < settings.finetune_seeds else {}
+            out.append((row, {**json.loads(path.read_text()), **extra}))
+    return out
+
+
 def plan(settings: V2Settings) -> list[Row]:
     """Every row of a mode, grouped by model and budget."""
     rows: list[Row] = []
@@ -272,17 +290,6 @@ class V2Bench(Bench):
         return {"test_top1_finetuned": kept_epoch(records)["test_top1"], "finetune_records": records,
                 "finetune_images": images, "finetune_s": time.perf_counter() - started}
 
-    def cached_rows(self, rows: list[Row]) -> list[dict[str, Any]]:
-        """The rows already searched, with their fine-tune where cached; nothing is run."""
-        out = []
-        for row in rows:
-            path = self.cache / f"{row.key}.json"
-            if path.is_file():
-                tuned = self.cache / f"{row.key}-ft-{self.settings.finetune_tag()}.json"
-                extra = json.loads(tuned.read_text()) if tuned.is_file() and row.seed < self.settings.finetune_seeds else {}
-                out.append({**json.loads(path.read_text()), **extra})
-        return out
-
     def run(self, rows: list[Row]) -> list[dict[str, Any]]:
         """Search every row (cached), then fine-tune it if its seed is below ``finetune_seeds`` (cached apart)."""
         done: list[dict[str, Any]] = []
@@ -292,8 +299,7 @@ class V2Bench(Bench):
             t0 = time.perf_counter()
             record, ran = self._cached(self.cache / f"{row.key}.json", lambda: self.run_row(row))
             if row.seed < self.settings.finetune_seeds:
-                tuned, ran_ft = self._cached(self.cache / f"{row.key}-ft-{self.settings.finetune_tag()}.json",
-                                             lambda: self.finetune_row(row))
+                tuned, ran_ft = self._cached(finetune_path(self.cache, self.settings, row), lambda: self.finetune_row(row))
                 record = {**record, **tuned}
                 ran = ran or ran_ft
             done.append(record)
@@ -458,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             for model in dict.fromkeys(r.model for r in rows):
                 print(f"{model}: test top-1 {100 * bench.reference(model)[1]['test_top1']:.2f}%", flush=True)
             return 0
-        records = bench.cached_rows(plan(settings)) if args.report_only else bench.run(rows)
+        records = ([r for _, r in cached_records(cache, settings, plan(settings))] if args.report_only
+                   else bench.run(rows))
         references = {m: bench.reference(m)[1] for m in dict.fromkeys(r["model"] for r in records)}
     except AdcError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -479,15 +486,10 @@ def main(argv: list[str] | None = None) -> int:
 def _print_estimate() -> int:
     smoke_settings, full = MODES["smoke"], MODES["full"]
     cache = cache_dir("smoke", smoke_settings)
-    rows = [r for r in plan(smoke_settings) if (cache / f"{r.key}.json").is_file()]
-    if not rows:
+    smoke = [r for _, r in cached_records(cache, smoke_settings, plan(smoke_settings))]
+    if not smoke:
         print("no smoke rows cached: run python -m benchmarks.v2 --smoke first", file=sys.stderr)
         return 2
-    smoke = []
-    for row in rows:
-        record = json.loads((cache / f"{row.key}.json").read_text())
-        tuned = cache / f"{row.key}-ft-{smoke_settings.finetune_tag()}.json"
-        smoke.append({**record, **(json.loads(tuned.read_text()) if tuned.is_file() else {})})
     models = tuple(dict.fromkeys((*smoke_settings.models, *full.models)))
     print(json.dumps(estimate(smoke, full, smoke_settings, forward_seconds(models), unit_counts(models)), indent=1))
     return 0

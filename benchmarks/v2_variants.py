@@ -35,22 +35,14 @@ from typing import Any
 
 from benchmarks.report import write_page
 from benchmarks.run import RESULTS_DIR
-from benchmarks.v2 import MODES, SEEDED, VARIANTS, V2Settings, Variant, cache_dir, plan
+from benchmarks.v2 import MODES, SEEDED, VARIANTS, V2Settings, Variant, cache_dir, cached_records, plan
 
 
 def load_rows(settings: V2Settings, strategies: tuple[str, ...]) -> dict[tuple[str, float, str, int], dict[str, Any]]:
     """The full mode's cached search rows of ``strategies`` under ``settings`` (with their fine-tune where cached)."""
-    cache = cache_dir("full", settings)
-    found: dict[tuple[str, float, str, int], dict[str, Any]] = {}
-    for row in plan(settings):
-        path = cache / f"{row.key}.json"
-        if row.strategy in strategies and path.is_file():
-            record = json.loads(path.read_text())
-            tuned = cache / f"{row.key}-ft-{settings.finetune_tag()}.json"
-            if tuned.is_file():
-                record.update(json.loads(tuned.read_text()))
-            found[(row.model, row.budget, row.strategy, row.seed)] = record
-    return found
+    rows = [r for r in plan(settings) if r.strategy in strategies]
+    return {(row.model, row.budget, row.strategy, row.seed): record
+            for row, record in cached_records(cache_dir("full", settings), settings, rows)}
 
 
 def curve_at(record: dict[str, Any], episode: int) -> float | None:
