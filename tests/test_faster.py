@@ -18,7 +18,7 @@ from adc.analysis.cost import cost_of_kept, count
 from adc.analysis.graph import analyze
 from adc.analysis.latency import build_latency_table
 from adc.analysis.space import PolicySpace
-from adc.analysis.timers import Timer, side_by_side
+from adc.analysis.timers import Timer, measured_speedup, side_by_side
 from adc.engine.front import EvaluationCache, best_fitting, fitting, point_name, split_episodes
 from adc.engine.options import SearchOptions
 from adc.inputs.models import build_model
@@ -399,6 +399,27 @@ def test_a_front_run_writes_its_table_plot_and_models(tmp_path, trained_checkpoi
 
 
 # -- measured speed in every report ---------------------------------------------------------------------------
+
+
+class ScriptedTimer(Timer):
+    """Returns scripted seconds in call order: the reference, then the candidate, round after round."""
+
+    def __init__(self, seconds: list[float]) -> None:
+        self.seconds = list(seconds)
+
+    def time(self, module, x):
+        return self.seconds.pop(0)
+
+
+def test_a_reported_speedup_is_the_quotient_of_the_two_timings_reported_with_it():
+    # Under load the medians of each side apart disagree with the median ratio: 3.41 ms against 3.47 ms
+    # (slower), while the median round says 1.05x faster. The pair shown must be the median round's.
+    rounds = [(3.0, 2.5), (3.6, 3.47), (3.41, 4.0)]  # ratios 1.20, 1.04, 0.85; round 2 is timed in reverse order
+    script = [*rounds[0], *rounds[1][::-1], *rounds[2]]
+    model = nn.Conv2d(1, 1, 1)
+    out = measured_speedup(model, model, torch.zeros(1, 1, 2, 2), timer=ScriptedTimer(script))
+    assert (out["original_s"], out["pruned_s"]) == (3.6, 3.47)
+    assert out["speedup"] == pytest.approx(out["original_s"] / out["pruned_s"])
 
 
 def test_speedups_are_measured_at_batch_1_and_a_larger_batch_in_both_runtimes():

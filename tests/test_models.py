@@ -100,6 +100,9 @@ def test_plugin_file_models(tmp_path: Path) -> None:
 def test_module_plugin_model() -> None:
     model = build_model("adc.inputs.zoo:plain20", num_classes=3, in_channels=1)
     assert model.fc.out_features == 3
+    with pytest.raises(AdcError, match=r"No module named 'my_nets' \(put its folder on PYTHONPATH, or name the file: "
+                                       r"my_nets/cnn\.py:build\)"):
+        build_model("my_nets.cnn:build")
 
 
 def _small(num_classes: int = 10) -> nn.Module:

@@ -198,6 +198,23 @@ def test_latency_table_and_search_use_the_same_thread_default():
 # -- run folders that work from anywhere (item 6) ------------------------------------------
 
 
+@pytest.mark.parametrize("spec, stored", [
+    ("imagefolder:imgs@32", "imagefolder:{cwd}/imgs@32"),
+    ("imagefolder:imgs", "imagefolder:{cwd}/imgs"),
+    ("imagefolder:my@photos", "imagefolder:{cwd}/my@photos"),  # an @ that is not a size belongs to the folder
+    ("cifar10:c10", "cifar10:{cwd}/c10"),
+    ("fashion-mnist:fm", "fashion-mnist:{cwd}/fm"),
+    ("fashion-mnist", "fashion-mnist"),
+    ("digits", "digits"),
+    ("fake:64", "fake:64"),
+    ("data.py:splits", "{cwd}/data.py:splits"),
+])
+def test_a_data_folder_is_stored_absolute_so_finetune_and_export_work_from_elsewhere(spec, stored, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert RunConfig(data=spec).data == stored.format(cwd=tmp_path.resolve())
+
+
 def test_a_run_with_relative_plugin_paths_works_from_another_folder(tmp_path, trained_checkpoint):
     """Search from one folder with relative plug-in paths; finetune, export, rerun and load from another."""
     work = tmp_path / "work"

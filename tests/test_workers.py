@@ -98,6 +98,32 @@ def test_resume_with_workers_gives_the_uninterrupted_search(make_trained, digits
     assert [r["worker"] for r in resumed.history] == [r["worker"] for r in straight.history]
 
 
+USER_NET = """
+from torch import nn
+
+class UserNet(nn.Module):  # defined in a file no worker can import by module name
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+def build(num_classes=10, in_channels=1):
+    return UserNet(num_classes, in_channels)
+"""
+
+
+def test_a_model_from_a_users_file_is_searched_on_workers(digits, digits_input, tmp_path):
+    (tmp_path / "user_net.py").write_text(USER_NET)
+    model = adc.build_model(f"{tmp_path / 'user_net.py'}:build", in_channels=1)
+    assert type(model).__module__.startswith("adc_plugin_")
+    result = adc.search(model, digits_input, data=digits, agent="random", episodes=4, workers=2, seed=0, **FAST)
+    assert [r["worker"] for r in result.history] == [0, 1, 0, 1]
+
+
 def test_an_evaluation_failing_on_a_worker_stops_with_one_line(trained, digits, digits_input):
     driver = os.getpid()
 

@@ -270,6 +270,7 @@ class SideBySide:
         spread: The relative spread (max / min - 1) of the reference's rounds: how noisy the machine was.
         spreads: Per candidate, the relative spread of its per-round ratios: how far its ratio can be trusted.
         per_round: Per candidate, its ratio in each round.
+        samples: Per module (the reference first), its seconds in each round.
     """
 
     reference_s: float
@@ -278,6 +279,17 @@ class SideBySide:
     spread: float
     spreads: list[float]
     per_round: list[list[float]] = field(default_factory=list)
+    samples: list[list[float]] = field(default_factory=list)
+
+    def median_round(self, candidate: int = 0) -> tuple[float, float]:
+        """The reference's and the candidate's seconds in the round whose ratio is the (lower) median.
+
+        A speedup quoted with these two timings is their quotient, which the
+        medians of each side apart need not be under load.
+        """
+        ratios = self.per_round[candidate]
+        k = sorted(range(len(ratios)), key=ratios.__getitem__)[(len(ratios) - 1) // 2]
+        return self.samples[0][k], self.samples[candidate + 1][k]
 
 
 def side_by_side(timer: Timer, reference: nn.Module, candidates: Sequence[nn.Module], x: torch.Tensor, *,
@@ -297,7 +309,7 @@ def side_by_side(timer: Timer, reference: nn.Module, candidates: Sequence[nn.Mod
     per_round = [[c / a for c, a in zip(cand, ref)] for cand in samples[1:]]
     return SideBySide(statistics.median(ref), [statistics.median(c) for c in samples[1:]],
                       [statistics.median(r) for r in per_round], max(ref) / min(ref) - 1.0,
-                      [max(r) / min(r) - 1.0 for r in per_round], per_round)
+                      [max(r) / min(r) - 1.0 for r in per_round], per_round, samples)
 
 
 def measured_speedup(original: nn.Module, pruned: nn.Module, example_input: torch.Tensor, *, runtime: str = "torch",
@@ -305,12 +317,12 @@ def measured_speedup(original: nn.Module, pruned: nn.Module, example_input: torc
                      timer: Timer | None = None) -> dict[str, Any]:
     """Time the unpruned and the pruned model side by side (interleaved, ``rounds`` each, median); cheap.
 
-    Each timing is the minimum of a few samples (load on a shared machine only ever adds time), and the
-    speedup is the median over rounds of the per-round ratio.
+    Each timing is the minimum of a few samples (load on a shared machine only ever adds time); the
+    speedup is the round whose ratio is the median, and its two timings are the ones returned.
 
     Returns:
-        ``{"original_s", "pruned_s", "speedup", "runtime", "device", "threads", "batch", "clock"}``; the
-        speedup is the median over rounds of the per-round ratio.
+        ``{"original_s", "pruned_s", "speedup", "runtime", "device", "threads", "batch", "clock"}``, with
+        ``speedup == original_s / pruned_s`` (the median round's pair).
     """
     # Short samples, many of them, the fastest kept: on a machine shared with other work, a sample that
     # lasts a scheduler slice is slowed by it; short ones often fit between (measured: ratios steady to 2%
@@ -320,6 +332,7 @@ def measured_speedup(original: nn.Module, pruned: nn.Module, example_input: torc
     x = example_input[:1].to("cpu").expand(batch, *example_input.shape[1:]).contiguous()
     first, second = copy.deepcopy(original).cpu(), copy.deepcopy(pruned).cpu()
     timed = side_by_side(timer, first, [second], x, rounds=rounds)
-    return {"original_s": timed.reference_s, "pruned_s": timed.candidate_s[0], "speedup": 1.0 / timed.ratios[0],
+    original_s, pruned_s = timed.median_round(0)
+    return {"original_s": original_s, "pruned_s": pruned_s, "speedup": original_s / pruned_s,
             "runtime": timer.runtime, "device": timer.device, "threads": timer.threads, "batch": batch,
             "clock": getattr(timer, "clock", "wall")}

@@ -8,7 +8,9 @@ number of workers give the same search.
 :class:`RayPool` starts N Ray actors, each holding its own copy of the
 :class:`~adc.objective.evaluator.Evaluator` (model, images, the pruner's
 trace and statistics), put once in Ray's object store and fetched by each actor
-on its first evaluation (again after a restart). The
+on its first evaluation (again after a restart); a model or data class
+defined in a user's ``file.py`` is shipped by value, as no worker can import
+it. The
 ``i``-th policy of a round always goes to worker ``i mod N``, and the history
 records it. An actor that dies (killed, out of memory) is restarted by Ray
 and its evaluation run again (``max_restarts`` / ``max_task_retries``):
@@ -30,6 +32,7 @@ import torch
 from adc.objective.evaluator import Evaluation, Evaluator, Score
 from adc.utils.errors import AdcError
 from adc.utils.formatting import one_line
+from adc.utils.plugins import file_modules
 
 
 class InProcessPool:
@@ -149,6 +152,8 @@ class RayPool:
             gpus = gpus_per_worker if gpus_per_worker is not None else 1.0 / workers
         actor = ray.remote(num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)(_Worker)
         worker_device = "cuda" if device.startswith("cuda") else "cpu"
+        for module in file_modules():  # a model or data class from `file.py:fn` is not importable on a worker
+            ray.cloudpickle.register_pickle_by_value(module)
         ref = ray.put(evaluator.to("cpu") if device != "cpu" else evaluator)
         self._actors = [actor.remote(worker_device, threads) for _ in range(workers)]
         self._ref = ref

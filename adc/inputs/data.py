@@ -479,6 +479,25 @@ def split_train_val(dataset: Dataset, *, val_fraction: float, seed: int) -> tupl
     return Subset(dataset, sorted(perm[n_val:])), Subset(dataset, sorted(perm[:n_val]))
 
 
+FOLDER_SOURCES = ("fashion-mnist", "cifar10", "imagefolder")
+"""The registered sources whose argument is a folder (``imagefolder:DIR[@SIZE]``, ``cifar10:ROOT``, ...)."""
+
+
+def absolute_data_spec(spec: str) -> str:
+    """``spec`` with its folder argument made absolute; any other spec unchanged.
+
+    A run folder's config, ``adc finetune`` and ``adc export`` then read the
+    same images from whatever folder they are run in.
+    """
+    name, sep, arg = spec.partition(":")
+    if name not in FOLDER_SOURCES or not arg:
+        return spec
+    folder, at, size = arg.rpartition("@") if name == "imagefolder" else ("", "", "")
+    if not at or not size.isdigit():
+        folder, at, size = arg, "", ""
+    return f"{name}:{Path(folder).expanduser().resolve()}{at}{size}"
+
+
 def load_data(spec: str, *, seed: int = 0, val_fraction: float = 0.1) -> DataSplits:
     """Load the data set named by ``spec`` and split it into train / val / test.
 

@@ -4,7 +4,7 @@
 TensorBoard switch, plus the search's :class:`~adc.engine.options.SearchOptions`.
 Its TOML form is flat (one key per flag) and holds no output folder, so
 ``adc search --config runs/X/config.toml --seed 1`` reruns a search into a
-new folder. Paths inside it (checkpoint, plug-in files, energy model, cache)
+new folder. Paths inside it (checkpoint, plug-in files, data folders, energy model, cache)
 are stored absolute, so a config, ``adc finetune``, ``adc export`` and
 ``adc.load`` work from any folder. A value of the wrong type in a config
 file gets the same one-line error as the flag would.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adc.engine.options import SearchOptions, check_type, flag
+from adc.inputs.data import absolute_data_spec
 from adc.inputs.pretrained import DEFAULT_DATA, DEFAULT_MODEL
 from adc.utils.errors import AdcError
 from adc.utils.files import atomic_write_text
@@ -96,7 +97,7 @@ class RunConfig:
             raise AdcError(f"--iteration-finetune {self.iteration_finetune}: fine-tunes between steps, so it needs "
                            "--iterations 2 or more (fine-tune a single search with adc finetune)")
         self.model = absolute_spec(self.model) or self.model
-        self.data = absolute_spec(self.data) or self.data
+        self.data = absolute_data_spec(absolute_spec(self.data) or self.data)
         self.checkpoint = absolute_path(self.checkpoint)
         if self.search.reconstruct is None:  # a run always has training images: reconstruction is on
             self.search.reconstruct = True

@@ -6,14 +6,29 @@ error messages live in one place.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from adc.utils.errors import AdcError
+
+
+_FILE_MODULES: dict[str, ModuleType] = {}
+"""The modules loaded from ``file.py`` specs, by name (no other process can import them by that name)."""
+
+
+def file_modules() -> list[ModuleType]:
+    """The modules loaded from ``path/to/file.py`` specs in this process.
+
+    A worker process cannot import them, so whatever ships a model, dataset or
+    function defined in one to another process (Ray) pickles them by value.
+    """
+    return list(_FILE_MODULES.values())
 
 
 def is_plugin_spec(spec: str) -> bool:
@@ -41,20 +56,26 @@ def load_callable(spec: str, what: str) -> Callable[..., Any]:
         path = Path(target).expanduser()
         if not path.is_file():
             raise AdcError(f"{what} plugin {spec!r}: file {str(path)!r} does not exist")
-        mod_name = f"adc_plugin_{abs(hash(str(path.resolve())))}"
+        mod_name = "adc_plugin_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
         try:
             loader_spec = importlib.util.spec_from_file_location(mod_name, path)
             assert loader_spec is not None and loader_spec.loader is not None
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_name] = module
             loader_spec.loader.exec_module(module)
+            _FILE_MODULES[mod_name] = module
         except Exception as exc:  # the user's code may raise anything
             raise AdcError(f"{what} plugin {spec!r}: importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
     else:
         try:
             module = importlib.import_module(target)
         except Exception as exc:
-            raise AdcError(f"{what} plugin {spec!r}: cannot import module {target!r}: {type(exc).__name__}: {exc}") from exc
+            hint = ""
+            if isinstance(exc, ModuleNotFoundError) and exc.name == target.partition(".")[0]:
+                hint = (f" (put its folder on PYTHONPATH, or name the file: "
+                        f"{target.replace('.', '/')}.py:{attr})")
+            raise AdcError(f"{what} plugin {spec!r}: cannot import module {target!r}: "
+                           f"{type(exc).__name__}: {exc}{hint}") from exc
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         raise AdcError(f"{what} plugin {spec!r}: {target!r} has no callable named {attr!r}")
