@@ -303,6 +303,9 @@ def test_unreachable_budget_is_refused_before_any_evaluation_with_the_smallest_r
     smallest = env.task.budgets[0].price(env.task.space.min_kept) / env.task.budgets[0].original
     assert f"flops={smallest:.3f}" in message
     assert smallest > 0.01
+    with pytest.raises(AdcError, match=r"flops=1\.5 is an amount \(1\.5 flops\), a fraction of the original is "
+                                       r"written below 1"):  # a ratio above 1 by mistake: an amount of 1.5 FLOPs
+        make_env(model, torch.zeros(1, 1, 8, 8), budgets=["flops=1.5"], pruner=pruner)
     # and that smallest value is indeed accepted
     make_env(model, torch.zeros(1, 1, 8, 8), budgets=[f"flops={smallest + 0.001:.4f}"],
                pruner=pruner)

@@ -140,6 +140,15 @@ def test_checkpoint_not_a_checkpoint(tmp_path: Path, content: bytes) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_a_pickled_whole_model_is_refused_with_how_to_save_its_weights(tmp_path: Path) -> None:
+    torch.save(_small(), tmp_path / "whole.pt")  # torch.save(model), not model.state_dict()
+    with pytest.raises(AdcError) as err:
+        load_checkpoint(_small(), tmp_path / "whole.pt")
+    message = str(err.value)
+    assert "holds a pickled object" in message and "torch.save(model.state_dict(), PATH)" in message
+    assert "\n" not in message and "\x1b" not in message
+
+
 def test_checkpoint_not_a_state_dict(tmp_path: Path) -> None:
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(AdcError, match="not a state dict"):

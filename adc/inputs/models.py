@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # garbage makes the unpickler raise anything (KeyError, IndexError, ...)
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if pickled:  # torch.save(model) rather than torch.save(model.state_dict())
+            raise AdcError(
+                f"checkpoint {str(path)!r} holds a pickled object ({pickled.group(1)}), not only tensors: adc reads "
+                "checkpoints with weights_only=True and never runs pickled code; save the weights instead: "
+                "torch.save(model.state_dict(), PATH)") from exc
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+        detail = detail.splitlines()[0] if detail else type(exc).__name__
         raise AdcError(
             f"checkpoint {str(path)!r} is not a PyTorch checkpoint readable with weights_only=True: {detail[:200]}"
         ) from exc

@@ -260,6 +260,8 @@ def resolve_budgets(specs: Iterable[BudgetSpec | str], space: PolicySpace, **con
                 f"budget {spec} is unreachable: even the maximum sparsity allowed leaves {reachable:.4g} {spec.key} "
                 f"({reachable / original:.3f} of the original); the smallest reachable budget is "
                 f"{spec.key}={reachable / original:.3f} (or lower the minimum kept fraction, now {space.min_keep:g})"
+                + ("" if spec.relative else f"; {spec} is an amount ({limit:.4g} {spec.key}), a fraction of the "
+                   f"original is written below 1 ({spec.key}=0.5)")
             )
         budgets.append(Budget(spec.key, float(limit), float(original), price))
     if not budgets:
