@@ -59,6 +59,10 @@ CURVE_EVALUATIONS = 5
 best policy did not change or the final selection scored it)."""
 
 
+LATER_FIELDS = ("reward", "agent_options", "refine_episodes")
+"""Search fields added after the first rows were cached: left out of the cache key at their default."""
+
+
 @dataclass(frozen=True)
 class V2Settings:
     """Everything that changes a row's numbers.
@@ -93,8 +97,9 @@ class V2Settings:
     def tag(self) -> str:
         """Hash of the search fields (the cache folder); fields at their default for every variant are left out,
         so the caches made before those fields existed keep their name."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         fields = {k: v for k, v in dataclasses.asdict(self).items()
-                  if not _is_finetune_field(k) and (k, v) not in (("reward", "acc"), ("agent_options", ()), ("refine_episodes", None))}
+                  if not _is_finetune_field(k) and not (k in LATER_FIELDS and v == defaults[k])}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     def finetune_tag(self) -> str:
@@ -266,9 +271,8 @@ class V2Bench(Bench):
         history = result.history
         return {
             "model": row.model, "budget_flops": row.budget, "strategy": row.strategy, "seed": row.seed,
-            "variant": "default", "reward": s.reward, "agent_options": dict(s.agent_options), "refine_episodes": s.refine_episodes,
-            "workers": s.workers,
-            "episodes": len(history),
+            "variant": "default", "reward": s.reward, "agent_options": dict(s.agent_options),
+            "refine_episodes": s.refine_episodes, "workers": s.workers, "episodes": len(history),
             "evaluations": _evaluations(row.strategy, history, result, s.episodes),
             "search_wall_s": search_seconds, "curve_s": curve_seconds, "curve_evaluations": fresh,
             "episode_mean_s": sum(h["wall_time"] for h in history) / len(history),

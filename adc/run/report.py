@@ -66,8 +66,8 @@ def speed_lines(speeds: Sequence[Mapping[str, Any]], flops_ratio: float) -> list
         return []
     lines = ["## Measured speed", "",
              "Unpruned vs the saved pruned model, timed side by side in this run (interleaved rounds, each timing the "
-             "fastest of a few samples; the two timings shown are the round with the median ratio; with one CPU thread the timings are the "
-             "process's CPU time, the latency on an idle core), "
+             "fastest of a few samples; the two timings shown are the round with the median ratio; with one CPU "
+             "thread the timings are the process's CPU time, the latency on an idle core), "
              f"for {1 / flops_ratio:.2f}x fewer FLOPs:", ""]
     for s in speeds:
         kind = f" ({s['kind']})" if s.get("kind") else ""

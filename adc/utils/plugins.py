@@ -18,8 +18,8 @@ from typing import Any
 from adc.utils.errors import AdcError
 
 
-_FILE_MODULES: dict[str, ModuleType] = {}
-"""The modules loaded from ``file.py`` specs, by name (no other process can import them by that name)."""
+FILE_MODULE_PREFIX = "adc_plugin_"
+"""The name prefix of a module loaded from a ``file.py`` spec (no other process can import it by that name)."""
 
 
 def file_modules() -> list[ModuleType]:
@@ -28,7 +28,7 @@ def file_modules() -> list[ModuleType]:
     A worker process cannot import them, so whatever ships a model, dataset or
     function defined in one to another process (Ray) pickles them by value.
     """
-    return list(_FILE_MODULES.values())
+    return [m for name, m in list(sys.modules.items()) if name.startswith(FILE_MODULE_PREFIX)]
 
 
 def is_plugin_spec(spec: str) -> bool:
@@ -56,14 +56,13 @@ def load_callable(spec: str, what: str) -> Callable[..., Any]:
         path = Path(target).expanduser()
         if not path.is_file():
             raise AdcError(f"{what} plugin {spec!r}: file {str(path)!r} does not exist")
-        mod_name = "adc_plugin_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+        mod_name = FILE_MODULE_PREFIX + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
         try:
             loader_spec = importlib.util.spec_from_file_location(mod_name, path)
             assert loader_spec is not None and loader_spec.loader is not None
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_name] = module
             loader_spec.loader.exec_module(module)
-            _FILE_MODULES[mod_name] = module
         except Exception as exc:  # the user's code may raise anything
             raise AdcError(f"{what} plugin {spec!r}: importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
     else:
