@@ -15,7 +15,7 @@ from adc.agents.ddpg import DDPGAgent
 from adc.agents.netadapt import NetAdaptAgent
 from adc.agents.offpolicy import NoisyOffPolicyOptions, OffPolicyAgent, OffPolicyOptions
 from adc.agents.policy_search import PolicySearchAgent
-from adc.agents.refine import Refiner
+from adc.agents.refine import REFINE_METHODS, CMARefiner, Refiner
 from adc.agents.sac import SACAgent
 from adc.agents.td3 import TD3Agent
 from adc.agents.threshold import GlobalThresholdAgent
@@ -23,6 +23,8 @@ from adc.agents.tpe import TPEAgent, TPEOptions
 
 __all__ = [
     "AGENTS",
+    "REFINE_METHODS",
+    "CMARefiner",
     "Agent",
     "CMAESAgent",
     "CMAESOptions",

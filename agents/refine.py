@@ -5,11 +5,13 @@ single best episode is often matched by random search with the same
 budget (independent reproductions of AMC found the same); hill-climbing from the best policy with shrinking
 Gaussian steps turns that concentration into a better final policy. The
 environment clips every perturbed policy, so budgets still hold.
+:class:`CMARefiner` does the same search with CMA-ES (``refine_method="cmaes"``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,6 +62,86 @@ class Refiner:
             keep_going = True
             for j, info in zip(js, self.envs.play([p.tolist() for p in proposals])):
                 info[contract.AGENT] = {"phase": "refine", "sigma": float(self.scale(j))}
+                keep_going = on_episode(info) and keep_going
+            self.done += size
+            left -= size
+            if on_round is not None:
+                keep_going = on_round() and keep_going
+            if not keep_going:
+                return
+
+
+REFINE_METHODS = ("gaussian", "cmaes")
+"""How the refinement phase searches around the best policy: :class:`Refiner` or :class:`CMARefiner`."""
+
+
+class CMARefiner:
+    """CMA-ES started at the best policy of the phase's start, played ``num_envs`` a round.
+
+    Where :class:`Refiner` hill-climbs on single noisy rewards (the best of its
+    draws wins, so it follows the luckiest evaluation), CMA-ES moves its mean
+    by a weighted average of the better half of each generation and adapts its
+    step size and directions, so a lucky reward pulls it less (the same
+    library and settings as the ``cmaes`` agent, :mod:`adc.agents.cmaes`).
+    Told the proposals, as that agent is. Resumable without pickle: the
+    generator is seeded and ``told`` replays the phase's recorded rewards.
+
+    Args:
+        envs: The environments.
+        centre: Actions of the best policy when the phase started.
+        episodes: Episodes of the whole phase.
+        seed: Seed of CMA-ES's normal draws.
+        told: Rewards of the phase's episodes already played (a resumed search), in order.
+        sigma0: Initial step size, in action units.
+        popsize: Policies a generation (None: ``cma``'s ``4 + 3 ln n``, rounded up to a multiple of ``num_envs``).
+    """
+
+    def __init__(self, envs: PruningVecEnv, centre: Sequence[float], *, episodes: int, seed: int,
+                 told: Sequence[float] = (), sigma0: float = 0.05, popsize: int | None = None) -> None:
+        import cma
+
+        self.envs, self.episodes = envs, episodes
+        n = envs.num_units
+        popsize = popsize or -(-(4 + int(3 * math.log(n))) // envs.num_envs) * envs.num_envs
+        rng = np.random.default_rng(seed)
+        self.es = cma.CMAEvolutionStrategy(np.clip(np.asarray(centre, dtype=np.float64), 0.0, 1.0), sigma0, {
+            "bounds": [0.0, 1.0], "popsize": popsize, "seed": np.nan,  # nan: cma leaves numpy's global seed alone
+            "randn": lambda *shape: rng.standard_normal(shape), "verbose": -9, "verb_log": 0, "verb_disp": 0})
+        self._generation: list[np.ndarray] = []
+        self._asked = 0
+        self._results: list[tuple[np.ndarray, float]] = []
+        for reward in told:  # the same asks and tells as the uninterrupted phase
+            self._tell(self._ask(), float(reward))
+        self.done = len(told)
+
+    def _room(self) -> int:
+        return self.es.popsize - self._asked
+
+    def _ask(self) -> np.ndarray:
+        if self._asked == 0:
+            self._generation = [np.asarray(x, dtype=np.float64) for x in self.es.ask()]
+        proposal = self._generation[self._asked]
+        self._asked += 1
+        return proposal.copy()
+
+    def _tell(self, proposal: np.ndarray, reward: float) -> None:
+        self._results.append((proposal, -reward))  # cma minimises
+        if len(self._results) == self.es.popsize:
+            points, values = zip(*self._results)
+            self.es.tell(list(points), list(values))
+            self._results, self._asked = [], 0
+
+    def run(self, episodes: int, on_episode: OnEpisode, on_round: OnRound | None = None) -> None:
+        """Play ``episodes`` episodes; stop after a round in which ``on_episode`` or ``on_round`` returned False."""
+        left = episodes
+        while left > 0:
+            size = min(self.envs.num_envs, left, self._room())
+            sigma = float(self.es.sigma)
+            proposals = [self._ask() for _ in range(size)]
+            keep_going = True
+            for proposal, info in zip(proposals, self.envs.play([p.tolist() for p in proposals])):
+                self._tell(proposal, float(info[contract.REWARD]))
+                info[contract.AGENT] = {"phase": "refine", "sigma": sigma}
                 keep_going = on_episode(info) and keep_going
             self.done += size
             left -= size

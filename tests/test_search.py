@@ -136,6 +136,34 @@ def test_ctrl_c_stops_at_the_round_end_and_resume_gives_the_uninterrupted_search
     assert resumed.reward == straight.reward
 
 
+@pytest.mark.parametrize("method", adc.agents.REFINE_METHODS)
+def test_a_search_stopped_in_its_refinement_resumes_as_the_uninterrupted_search(method, trained, digits, digits_input,
+                                                                              tmp_path):
+    common = dict(data=digits, budget={"flops": 0.5}, agent="ddpg", episodes=10, seed=1, checkpoint_every=1,
+                  refine_episodes=5, refine_method=method, agent_options={"warmup": 2, "hidden": (16, 16)}, **FAST)
+
+    def stop_in_refinement(record, best):
+        if record["episode"] == 6:
+            raise KeyboardInterrupt
+
+    first = adc.search(trained, digits_input, out=tmp_path, progress=stop_in_refinement, **common)
+    assert first.interrupted and [r["phase"] for r in first.history][-2:] == ["refine", "refine"]
+    resumed = adc.search(trained, digits_input, out=tmp_path, resume=True, **common)
+    straight = adc.search(trained, digits_input, **common)
+    assert [r["phase"] for r in straight.history][5:] == ["refine"] * 5
+    assert [r["policy"] for r in resumed.history] == [r["policy"] for r in straight.history]
+    assert [r["reward"] for r in resumed.history] == [r["reward"] for r in straight.history]
+    for record in straight.history:
+        assert record["budget_use"]["flops"] <= 1.0 + 1e-9
+    refined = {json.dumps(r["policy"], sort_keys=True) for r in straight.history[5:]}
+    assert len(refined) > 1  # the refinement explores distinct policies around the best one
+
+
+def test_an_unknown_refine_method_is_refused_with_the_choices():
+    with pytest.raises(AdcError, match="refine_method 'newton': valid: gaussian, cmaes"):
+        adc.SearchOptions(refine_method="newton")
+
+
 @pytest.mark.parametrize("agent", ["random", "cmaes", "tpe"])
 def test_an_abrupt_stop_keeps_the_last_exact_checkpoint(agent, trained, digits, digits_input, tmp_path):
     """A second Ctrl-C (or a kill) mid-round: the checkpoint stays at the last round end, and resume still matches."""

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adc.agents import Agent, Refiner, make_agent
+from adc.agents import Agent, CMARefiner, Refiner, make_agent
 from adc.analysis.alignment import probe_alignment
 from adc.analysis.graph import ModelGraph, analyze
 from adc.analysis.latency import LatencyTable, build_latency_table
@@ -485,9 +485,22 @@ class Search:
         if self._going() and exploit and played() < explore + exploit:
             agent.run(explore + exploit - played(), self._on_episode, explore=False, on_round=self._on_round)
         if self._going() and refine and played() < episodes:
-            refiner = Refiner(self.envs, lambda: self.best, episodes=refine, seed=o.seed + explore + exploit,
-                              done=played() - explore - exploit)
+            phase_start = start + explore + exploit
+            refiner: Refiner | CMARefiner
+            if o.refine_method == "cmaes":
+                centre = self._best_of(self.history[:phase_start])["actions"]
+                refiner = CMARefiner(self.envs, centre, episodes=refine, seed=o.seed + explore + exploit,
+                                     told=[r["reward"] for r in self.history[phase_start:]])
+            else:
+                refiner = Refiner(self.envs, lambda: self.best, episodes=refine, seed=o.seed + explore + exploit,
+                                  done=played() - explore - exploit)
             refiner.run(episodes - played(), self._on_episode, on_round=self._on_round)
+
+    def _best_of(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The best record of ``rows`` as :attr:`best` picks it (a front: the best fitting the current point)."""
+        if self.front:
+            return best_fitting(rows, self.tasks[self._point])
+        return max(rows, key=lambda r: r["reward"])  # the earliest on ties, as _on_episode keeps it
 
     def _going(self) -> bool:
         return not self._interrupt.requested

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from adc.agents import AGENTS, parse_options
+from adc.agents import AGENTS, REFINE_METHODS, parse_options
 from adc.analysis.alignment import check_round_to_setting
 from adc.analysis.energy import EnergyModel, load_energy_model
 from adc.analysis.timers import RUNTIMES
@@ -123,6 +123,8 @@ class SearchOptions:
         observe_bounds: Tell a learning agent, at every unit, the action interval the budget clipping allows
             (:data:`adc.envs.pruning_env.BOUND_FEATURES`).
         exploit_episodes, refine_episodes: A learning agent's last phases (None: a tenth each).
+        refine_method: How the refinement searches around the best policy: ``gaussian`` (hill-climbing with
+            shrinking steps) or ``cmaes`` (CMA-ES from the best policy) (:mod:`adc.agents.refine`).
         device: ``cpu`` or ``cuda[:N]``.
         agent_options: The agent's own settings (``{"warmup": 20}``), checked against its options.
         checkpoint_every: Episodes between checkpoints.
@@ -156,6 +158,7 @@ class SearchOptions:
     observe_bounds: bool = False
     exploit_episodes: int | None = None
     refine_episodes: int | None = None
+    refine_method: str = "gaussian"
     device: str = "cpu"
     agent_options: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 10
@@ -189,6 +192,8 @@ class SearchOptions:
         # The typed values (2, not "2"): a setting reads the same from a flag, a config file or the API.
         self.agent_options = {k: getattr(self.agent_settings, k) for k in self.agent_options}
         CRITERIA.get(self.criterion)
+        if self.refine_method not in REFINE_METHODS:
+            raise AdcError(f"refine_method {self.refine_method!r}: valid: {', '.join(REFINE_METHODS)}")
         if not (isinstance(self.reward, str) or callable(self.reward)):
             raise AdcError(f"--reward {self.reward!r}: must be a reward name, file.py:fn, package.module:fn or a function")
         self.reward_fn = get_reward(self.reward)
