@@ -88,6 +88,8 @@ VARIANTS: dict[str, Variant] = {
     "updates x0.5": Variant(agent_options={"updates_per_step": 0.5}, note="one gradient step per two transitions"),
     "td3": Variant(agent="td3", note="twin critics, delayed actor, target smoothing"),
     "refine 30%": Variant(search_options={"refine_episodes": 60}, note="a larger Gaussian refinement phase (of 200)"),
+    "refine 30% by CMA-ES": Variant(search_options={"refine_episodes": 60, "refine_method": "cmaes"},
+                                    note="that refinement done by CMA-ES from the best policy (refine_method)"),
     "random": Variant(agent="random", note="reference"),
     "cmaes": Variant(agent="cmaes", note="reference"),
     "tpe": Variant(agent="tpe", note="reference"),
@@ -116,7 +118,7 @@ def _phases(variant: Variant, episodes: int, can_exploit: bool) -> tuple[int, in
 
 def synthetic_cell(variant: Variant, kind: str, budget: float, seed: int, episodes: int) -> dict[str, Any]:
     """One search of the synthetic environment with the engine's phases: gap closed at the end and at :data:`CHECKPOINT`."""
-    from adc.agents import Refiner, make_agent
+    from adc.agents import CMARefiner, Refiner, make_agent
     from adc.envs.vec_env import PruningVecEnv
 
     env = make_env(kind, budget)
@@ -136,7 +138,10 @@ def synthetic_cell(variant: Variant, kind: str, budget: float, seed: int, episod
     agent.run(explore, on_episode)
     if exploit:
         agent.run(exploit, on_episode, explore=False)
-    if refine:
+    if refine and variant.search_options.get("refine_method") == "cmaes":
+        centre = max(history, key=lambda h: h["reward"])["actions"]
+        CMARefiner(envs, centre, episodes=refine, seed=seed + explore + exploit).run(refine, on_episode)
+    elif refine:
         best = lambda: max(history, key=lambda h: h["reward"])  # noqa: E731 - the engine's best record
         Refiner(envs, best, episodes=refine, seed=seed + explore + exploit).run(refine, on_episode)
     seconds = time.perf_counter() - started

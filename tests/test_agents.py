@@ -10,7 +10,7 @@ import pytest
 import torch as th
 from gymnasium.utils.env_checker import check_env
 
-from adc.agents import AGENTS, OffPolicyAgent, load_agent, make_agent
+from adc.agents import AGENTS, REFINE_METHODS, CMARefiner, OffPolicyAgent, Refiner, load_agent, make_agent
 from adc.agents.noise import NoiseSchedule, truncated_normal
 from adc.envs.vec_env import PruningVecEnv
 from adc.utils.errors import AdcError
@@ -451,3 +451,32 @@ def test_black_box_agents_beat_uniform_and_random_search_with_the_same_episodes(
     assert found > uniform + 0.5, (found, uniform)
     assert found > max(best_of("random", seed) for seed in range(3)) + 0.05
     assert found > 0.95 * env.optimum()
+
+
+def refine_from_uniform(method: str, env: SyntheticPruningEnv, episodes: int, seed: int) -> list[dict]:
+    """A refinement phase started at the uniform policy: the history (uniform first), as the engine records it."""
+    envs = vec(env)
+    uniform = env.uniform_actions()
+    history = [{"actions": uniform, "reward": env.evaluate_actions([uniform])[0]}]
+
+    def on_episode(info: dict) -> bool:
+        history.append({"actions": list(info["actions"]), "reward": info["reward"]})
+        return True
+
+    if method == "cmaes":
+        CMARefiner(envs, uniform, episodes=episodes, seed=seed).run(episodes, on_episode)
+    else:
+        Refiner(envs, lambda: max(history, key=lambda h: h["reward"]), episodes=episodes, seed=seed).run(
+            episodes, on_episode)
+    return history
+
+
+@pytest.mark.parametrize("method", REFINE_METHODS)
+def test_refinement_improves_on_its_start_within_budget_and_is_seeded(method):
+    make = lambda: SyntheticPruningEnv(num_units=6, budget=0.5, sensitivities=HARD_SENSITIVITIES)  # noqa: E731
+    history = refine_from_uniform(method, make(), 40, seed=3)
+    assert len(history) == 41
+    assert all(make().budget_fits(h["actions"]) for h in history)
+    assert max(h["reward"] for h in history) > history[0]["reward"] + 0.3, [h["reward"] for h in history[:3]]
+    again = refine_from_uniform(method, make(), 40, seed=3)
+    assert [h["actions"] for h in again] == [h["actions"] for h in history]
