@@ -15,7 +15,7 @@ from adc.agents.ddpg import DDPGAgent
 from adc.agents.netadapt import NetAdaptAgent
 from adc.agents.offpolicy import NoisyOffPolicyOptions, OffPolicyAgent, OffPolicyOptions
 from adc.agents.policy_search import PolicySearchAgent
-from adc.agents.refine import REFINE_METHODS, CMARefiner, Refiner
+from adc.agents.refine import REFINE_METHODS, CMARefiner, Refinement, Refiner
 from adc.agents.sac import SACAgent
 from adc.agents.td3 import TD3Agent
 from adc.agents.threshold import GlobalThresholdAgent
@@ -38,6 +38,7 @@ __all__ = [
     "OnEpisode",
     "PolicySearchAgent",
     "RandomAgent",
+    "Refinement",
     "Refiner",
     "SACAgent",
     "SensitivityAgent",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,6 +40,57 @@ from adc.agents.base import register_agent
 from adc.agents.policy_search import PolicySearchAgent, check_learn_from
 from adc.envs.vec_env import PruningVecEnv
 from adc.utils.errors import AdcError
+
+
+def cma_strategy(x0: Sequence[float], sigma0: float, popsize: int, rng: np.random.Generator) -> Any:
+    """A ``cma.CMAEvolutionStrategy`` over actions in [0, 1], quiet, drawing its normals from ``rng``.
+
+    ``cma``'s bound transformation keeps proposals in the box; no global seeding (``seed`` nan),
+    so the strategy is deterministic for ``rng`` and leaves numpy's global generator alone.
+    """
+    import cma
+
+    return cma.CMAEvolutionStrategy(np.clip(np.asarray(x0, dtype=np.float64), 0.0, 1.0), sigma0, {
+        "bounds": [0.0, 1.0], "popsize": popsize, "seed": np.nan,
+        "randn": lambda *shape: rng.standard_normal(shape), "verbose": -9, "verb_log": 0, "verb_disp": 0})
+
+
+class Generations:
+    """A CMA-ES asked one proposal at a time and told one reward at a time (it learns a generation at once).
+
+    Args:
+        es: The ``cma.CMAEvolutionStrategy``.
+    """
+
+    def __init__(self, es: Any) -> None:
+        self.es = es
+        self._generation: list[np.ndarray] = []
+        self._asked = 0
+        self._results: list[tuple[np.ndarray, float]] = []
+
+    def room(self) -> int:
+        """Proposals left in the current generation."""
+        return self.es.popsize - self._asked
+
+    def ask(self) -> np.ndarray:
+        """The next proposal of the generation (a new generation is drawn when the last was told)."""
+        if self._asked == 0:
+            self._generation = [np.asarray(x, dtype=np.float64) for x in self.es.ask()]
+        proposal = self._generation[self._asked]
+        self._asked += 1
+        return proposal.copy()
+
+    def tell(self, point: np.ndarray, reward: float) -> None:
+        """``point`` earned ``reward``; the strategy learns when its whole generation is told."""
+        import cma
+
+        self._results.append((np.array(point, dtype=np.float64), -reward))  # cma minimises
+        if len(self._results) == self.es.popsize:
+            points, values = zip(*self._results)
+            with warnings.catch_warnings():  # told applied actions, cma misses the injected uniform proposal
+                warnings.simplefilter("ignore", cma.evolution_strategy.InjectionWarning)
+                self.es.tell(list(points), list(values))
+            self._results, self._asked = [], 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +123,6 @@ class CMAESAgent(PolicySearchAgent):
 
     def __init__(self, envs: PruningVecEnv, *, episodes: int, seed: int = 0, **options: Any) -> None:
         super().__init__(envs, episodes=episodes, seed=seed, **options)
-        import cma
-
         o = self.options
         check_learn_from(self.name, o.learn_from)
         if o.popsize is not None and o.popsize < 2:
@@ -82,36 +132,18 @@ class CMAESAgent(PolicySearchAgent):
         n = self.num_units
         popsize = o.popsize or -(-(4 + int(3 * math.log(n))) // self.num_envs) * self.num_envs
         self.rng = np.random.default_rng(self.seed)
-        rng = self.rng
-        self.es = cma.CMAEvolutionStrategy(np.asarray(envs.uniform_actions(), dtype=np.float64), o.sigma0, {
-            "bounds": [0.0, 1.0], "popsize": popsize, "seed": np.nan,  # nan: cma leaves numpy's global seed alone
-            "randn": lambda *shape: rng.standard_normal(shape), "verbose": -9, "verb_log": 0, "verb_disp": 0})
+        self.generations = Generations(cma_strategy(envs.uniform_actions(), o.sigma0, popsize, self.rng))
+        self.es = self.generations.es
         self.es.inject([self.es.mean.copy()], force=True)  # the first proposal is the uniform policy itself
-        self._generation: list[np.ndarray] = []
-        self._asked = 0
-        self._results: list[tuple[np.ndarray, float]] = []
 
     def _room(self) -> int:
-        return self.es.popsize - self._asked
+        return self.generations.room()
 
     def _ask(self) -> np.ndarray:
-        if self._asked == 0:
-            self._generation = [np.asarray(x, dtype=np.float64) for x in self.es.ask()]
-        proposal = self._generation[self._asked]
-        self._asked += 1
-        return proposal.copy()
+        return self.generations.ask()
 
     def _tell(self, proposal: np.ndarray, applied: np.ndarray, reward: float) -> None:
-        point = proposal if self.options.learn_from == "proposal" else applied
-        self._results.append((np.array(point, dtype=np.float64), -reward))  # cma minimises
-        if len(self._results) == self.es.popsize:
-            import cma
-
-            points, values = zip(*self._results)
-            with warnings.catch_warnings():  # told applied actions, cma misses the injected uniform proposal
-                warnings.simplefilter("ignore", cma.evolution_strategy.InjectionWarning)
-                self.es.tell(list(points), list(values))
-            self._results, self._asked = [], 0
+        self.generations.tell(proposal if self.options.learn_from == "proposal" else applied, reward)
 
     def _describe(self) -> dict[str, Any]:
         return {"generation": int(self.es.countiter), "sigma": float(self.es.sigma)}

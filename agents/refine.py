@@ -11,17 +11,56 @@ environment clips every perturbed policy, so budgets still hold.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from adc.agents.base import OnEpisode, OnRound
+from adc.agents.cmaes import Generations, cma_strategy
 from adc.envs import contract
 from adc.envs.vec_env import PruningVecEnv
 
 
-class Refiner:
+class Refinement(ABC):
+    """A refinement phase played ``num_envs`` episodes a round; subclasses propose the policies.
+
+    Args:
+        envs: The environments.
+        episodes: Episodes of the whole phase.
+    """
+
+    def __init__(self, envs: PruningVecEnv, episodes: int) -> None:
+        self.envs, self.episodes = envs, episodes
+        self.done = 0
+
+    @abstractmethod
+    def _propose(self, most: int) -> list[tuple[np.ndarray, float]]:
+        """At most ``most`` (at least one) proposals of the next round, each with its step size."""
+
+    def _heard(self, proposal: np.ndarray, reward: float) -> None:
+        """``proposal`` was played and earned ``reward``."""
+
+    def run(self, episodes: int, on_episode: OnEpisode, on_round: OnRound | None = None) -> None:
+        """Play ``episodes`` episodes; stop after a round in which ``on_episode`` or ``on_round`` returned False."""
+        left = episodes
+        while left > 0:
+            round_ = self._propose(min(self.envs.num_envs, left))
+            keep_going = True
+            for (proposal, sigma), info in zip(round_, self.envs.play([p.tolist() for p, _ in round_])):
+                self._heard(proposal, float(info[contract.REWARD]))
+                info[contract.AGENT] = {"phase": "refine", "sigma": sigma}
+                keep_going = on_episode(info) and keep_going
+            self.done += len(round_)
+            left -= len(round_)
+            if on_round is not None:
+                keep_going = on_round() and keep_going
+            if not keep_going:
+                return
+
+
+class Refiner(Refinement):
     """Perturbs the best policy's actions and plays them, ``num_envs`` a round.
 
     Episode ``j`` of the phase (0-based) adds ``N(0, sigma_j)`` to every action
@@ -39,9 +78,9 @@ class Refiner:
 
     def __init__(self, envs: PruningVecEnv, best: Callable[[], Mapping[str, Any]], *, episodes: int, seed: int,
                  done: int = 0, sigma: tuple[float, float] = (0.1, 0.02)) -> None:
-        self.envs, self.best, self.episodes, self.sigma = envs, best, episodes, sigma
+        super().__init__(envs, episodes)
+        self.best, self.sigma = best, sigma
         self.rng = np.random.default_rng(seed)
-        self.done = 0
         for _ in range(done):  # the same draws as an uninterrupted phase
             self.rng.normal(0.0, 1.0, size=envs.num_units)
             self.done += 1
@@ -51,40 +90,27 @@ class Refiner:
         first, last = self.sigma
         return first * (last / first) ** (j / max(1, self.episodes - 1))
 
-    def run(self, episodes: int, on_episode: OnEpisode, on_round: OnRound | None = None) -> None:
-        """Play ``episodes`` perturbed episodes; stop after a round in which ``on_episode`` or ``on_round`` returned False."""
-        left = episodes
-        while left > 0:
-            size = min(self.envs.num_envs, left)
-            base = np.asarray(self.best()[contract.ACTIONS], dtype=np.float64)
-            js = [self.done + k for k in range(size)]
-            proposals = [np.clip(base + self.rng.normal(0.0, self.scale(j), size=len(base)), 0.0, 1.0) for j in js]
-            keep_going = True
-            for j, info in zip(js, self.envs.play([p.tolist() for p in proposals])):
-                info[contract.AGENT] = {"phase": "refine", "sigma": float(self.scale(j))}
-                keep_going = on_episode(info) and keep_going
-            self.done += size
-            left -= size
-            if on_round is not None:
-                keep_going = on_round() and keep_going
-            if not keep_going:
-                return
+    def _propose(self, most: int) -> list[tuple[np.ndarray, float]]:
+        base = np.asarray(self.best()[contract.ACTIONS], dtype=np.float64)
+        scales = [self.scale(self.done + k) for k in range(most)]
+        return [(np.clip(base + self.rng.normal(0.0, scale, size=len(base)), 0.0, 1.0), float(scale))
+                for scale in scales]
 
 
 REFINE_METHODS = ("gaussian", "cmaes")
 """How the refinement phase searches around the best policy: :class:`Refiner` or :class:`CMARefiner`."""
 
 
-class CMARefiner:
+class CMARefiner(Refinement):
     """CMA-ES started at the best policy of the phase's start, played ``num_envs`` a round.
 
     Where :class:`Refiner` hill-climbs on single noisy rewards (the best of its
     draws wins, so it follows the luckiest evaluation), CMA-ES moves its mean
     by a weighted average of the better half of each generation and adapts its
     step size and directions, so a lucky reward pulls it less (the same
-    library and settings as the ``cmaes`` agent, :mod:`adc.agents.cmaes`).
-    Told the proposals, as that agent is. Resumable without pickle: the
-    generator is seeded and ``told`` replays the phase's recorded rewards.
+    library as the ``cmaes`` agent, :mod:`adc.agents.cmaes`). Told the
+    proposals, as that agent is. Resumable without pickle: the generator is
+    seeded and ``told`` replays the phase's recorded rewards.
 
     Args:
         envs: The environments.
@@ -102,54 +128,17 @@ class CMARefiner:
 
     def __init__(self, envs: PruningVecEnv, centre: Sequence[float], *, episodes: int, seed: int,
                  told: Sequence[float] = (), sigma0: float = 0.1, popsize: int | None = 6) -> None:
-        import cma
-
-        self.envs, self.episodes = envs, episodes
+        super().__init__(envs, episodes)
         size = popsize or 4 + int(3 * math.log(envs.num_units))
-        popsize = -(-size // envs.num_envs) * envs.num_envs
-        rng = np.random.default_rng(seed)
-        self.es = cma.CMAEvolutionStrategy(np.clip(np.asarray(centre, dtype=np.float64), 0.0, 1.0), sigma0, {
-            "bounds": [0.0, 1.0], "popsize": popsize, "seed": np.nan,  # nan: cma leaves numpy's global seed alone
-            "randn": lambda *shape: rng.standard_normal(shape), "verbose": -9, "verb_log": 0, "verb_disp": 0})
-        self._generation: list[np.ndarray] = []
-        self._asked = 0
-        self._results: list[tuple[np.ndarray, float]] = []
+        size = -(-size // envs.num_envs) * envs.num_envs
+        self.generations = Generations(cma_strategy(centre, sigma0, size, np.random.default_rng(seed)))
         for reward in told:  # the same asks and tells as the uninterrupted phase
-            self._tell(self._ask(), float(reward))
-        self.done = len(told)
+            self._heard(self.generations.ask(), float(reward))
+            self.done += 1
 
-    def _room(self) -> int:
-        return self.es.popsize - self._asked
+    def _propose(self, most: int) -> list[tuple[np.ndarray, float]]:
+        sigma = float(self.generations.es.sigma)
+        return [(self.generations.ask(), sigma) for _ in range(min(most, self.generations.room()))]
 
-    def _ask(self) -> np.ndarray:
-        if self._asked == 0:
-            self._generation = [np.asarray(x, dtype=np.float64) for x in self.es.ask()]
-        proposal = self._generation[self._asked]
-        self._asked += 1
-        return proposal.copy()
-
-    def _tell(self, proposal: np.ndarray, reward: float) -> None:
-        self._results.append((proposal, -reward))  # cma minimises
-        if len(self._results) == self.es.popsize:
-            points, values = zip(*self._results)
-            self.es.tell(list(points), list(values))
-            self._results, self._asked = [], 0
-
-    def run(self, episodes: int, on_episode: OnEpisode, on_round: OnRound | None = None) -> None:
-        """Play ``episodes`` episodes; stop after a round in which ``on_episode`` or ``on_round`` returned False."""
-        left = episodes
-        while left > 0:
-            size = min(self.envs.num_envs, left, self._room())
-            sigma = float(self.es.sigma)
-            proposals = [self._ask() for _ in range(size)]
-            keep_going = True
-            for proposal, info in zip(proposals, self.envs.play([p.tolist() for p in proposals])):
-                self._tell(proposal, float(info[contract.REWARD]))
-                info[contract.AGENT] = {"phase": "refine", "sigma": sigma}
-                keep_going = on_episode(info) and keep_going
-            self.done += size
-            left -= size
-            if on_round is not None:
-                keep_going = on_round() and keep_going
-            if not keep_going:
-                return
+    def _heard(self, proposal: np.ndarray, reward: float) -> None:
+        self.generations.tell(proposal, reward)
