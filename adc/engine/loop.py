@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adc.agents import Agent, CMARefiner, Refiner, make_agent
+from adc.agents import Agent, CMARefiner, Refinement, Refiner, make_agent
 from adc.analysis.alignment import probe_alignment
 from adc.analysis.graph import ModelGraph, analyze
 from adc.analysis.latency import LatencyTable, build_latency_table
@@ -486,7 +486,7 @@ class Search:
             agent.run(explore + exploit - played(), self._on_episode, explore=False, on_round=self._on_round)
         if self._going() and refine and played() < episodes:
             phase_start = start + explore + exploit
-            refiner: Refiner | CMARefiner
+            refiner: Refinement
             if o.refine_method == "cmaes":
                 centre = self._best_of(self.history[:phase_start])["actions"]
                 refiner = CMARefiner(self.envs, centre, episodes=refine, seed=o.seed + explore + exploit,
