@@ -163,7 +163,7 @@ VARIANTS: dict[str, Variant] = {
         "every ddpg final policy at 30% FLOPs on resnet20 came from the refinement"),
     "ddpg-refine-cma-60": Variant(
         {"refine_episodes": 60, "refine_method": "cmaes"}, ("ddpg",),
-        "ddpg's 60-episode refinement done by CMA-ES from ddpg's best policy (sigma 0.05) instead of Gaussian "
+        "ddpg's 60-episode refinement done by CMA-ES from ddpg's best policy (step 0.1, population 6) instead of Gaussian "
         "hill-climbing: ddpg-refine-60 gained +0.20 from more local search, and CMA-ES, the best rival, is a local "
         "search whose mean follows the better half of each generation rather than the single luckiest reward"),
 }
