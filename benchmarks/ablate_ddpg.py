@@ -9,7 +9,8 @@ tpe) run beside them as references. Two parts:
   ``noisy12`` at 50% and 30% of the cost), ``--episodes`` episodes (200),
   split into the engine's phases (:func:`adc.engine.loop.phase_plan`: a
   learning agent explores, then plays its noise-free policy for a tenth and
-  refines the best policy for a tenth, as ``adc.search`` does). Score: the
+  refines the best policy for a tenth by Gaussian steps, as ``adc.search``
+  did until 2026-11-29, :func:`search_options`). Score: the
   share of the uniform-to-optimum gap the best episode closes (true reward),
   and the same at episode 100 (the best so far then). Unlike the rivals'
   table, the synthetic observation here hides the clipping's interval
@@ -73,7 +74,7 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "ddpg (baseline)": Variant(note="today's defaults"),
+    "ddpg (baseline)": Variant(note="the defaults before 2026-11-29 (refinement: a tenth, Gaussian)"),
     "observe bounds": Variant(search_options={"observe_bounds": True},
                               note="the clipping's interval at the unit in the observation"),
     "sigma 0.2 -> 0.02": Variant(agent_options={"noise_sigma": 0.2, "noise_final_sigma": 0.02},
@@ -109,11 +110,18 @@ class HideBounds(gym.ObservationWrapper):
 # -- synthetic part ------------------------------------------------------------------------
 
 
+def search_options(variant: Variant, episodes: int) -> dict[str, Any]:
+    """The variant's search options over the baseline's: the engine's refinement before 2026-11-29 (a tenth of the
+    episodes, by Gaussian steps; ``adc.search``'s default since is the "refine 30% by CMA-ES" row), so the cached
+    cells of every variant keep meaning what they were run with."""
+    return {"refine_episodes": max(1, episodes // 10), "refine_method": "gaussian", **variant.search_options}
+
+
 def _phases(variant: Variant, episodes: int, can_exploit: bool) -> tuple[int, int, int]:
     from adc.engine.loop import phase_plan
 
-    o = variant.search_options
-    return phase_plan(episodes, 1, can_exploit, o.get("exploit_episodes"), o.get("refine_episodes"))
+    o = search_options(variant, episodes)
+    return phase_plan(episodes, 1, can_exploit, o.get("exploit_episodes"), o["refine_episodes"])
 
 
 def synthetic_cell(variant: Variant, kind: str, budget: float, seed: int, episodes: int) -> dict[str, Any]:
@@ -138,7 +146,7 @@ def synthetic_cell(variant: Variant, kind: str, budget: float, seed: int, episod
     agent.run(explore, on_episode)
     if exploit:
         agent.run(exploit, on_episode, explore=False)
-    if refine and variant.search_options.get("refine_method") == "cmaes":
+    if refine and search_options(variant, episodes)["refine_method"] == "cmaes":
         centre = max(history, key=lambda h: h["reward"])["actions"]
         CMARefiner(envs, centre, episodes=refine, seed=seed + explore + exploit).run(refine, on_episode)
     elif refine:
@@ -185,7 +193,7 @@ class RealBench:
         started = time.perf_counter()
         result = search(self.model(model), self.x, data=self.splits, budget=[f"flops={budget}"], agent=variant.agent,
                         episodes=episodes, seed=seed, round_to=1, agent_options=dict(variant.agent_options),
-                        **variant.search_options)
+                        **search_options(variant, episodes))
         seconds = time.perf_counter() - started
         history = result.history
         chosen = result.selection[0] if result.selection else None
@@ -331,7 +339,8 @@ def page(args: argparse.Namespace, table: str, real_seeds: int) -> str:
            f"--budgets {args.budgets}`" if real_seeds else "; the real part not yet run: its columns are empty")
         + "); the module's docstring says how each part is run.", "",
         f"- **synthetic**: share of the uniform-to-optimum gap closed by the best of {args.episodes} episodes "
-        f"(engine phases: explore, a tenth noise-free, a tenth refinement), mean over the 8 environments of "
+        f"(engine phases: explore, a tenth noise-free, a tenth refinement by Gaussian steps unless the variant "
+        f"says), mean over the 8 environments of "
         f"`benchmarks/rivals_tuning.py` x {args.seeds} seeds; the observation hides the clipping's interval unless "
         "the variant observes it (as the real environment). *Δ vs baseline*: mean paired difference (same "
         "environment and seed) ± its standard error. *at 30% budgets*: the four tight cells. *at episode 100*: "

@@ -5,7 +5,8 @@ strategy, seed): a search with 2 workers (``adc.search(..., workers=2)``),
 test top-1 of the pruned model before fine-tuning and after a short
 fine-tune that distils the unpruned reference model (Hinton et al., 2015),
 and the search's *held-out curve* (below). Rows are cached as JSON in
-``benchmarks/cache/v2-<mode>-<settings hash>/`` (git-ignored), so an
+``benchmarks/cache/v2-<mode>-<settings hash>/`` (git-ignored; the hash is of
+the settings that change the strategy's rows, :func:`cache_dir`), so an
 interrupted run resumes; the page is rebuilt from the cache by
 :mod:`benchmarks.report_v2`, with the hand-written reading of
 ``benchmarks/results/fashion_mnist_v2_notes.md`` included.
@@ -60,7 +61,8 @@ best policy did not change or the final selection scored it)."""
 
 
 LATER_FIELDS = ("reward", "agent_options", "refine_episodes", "refine_method")
-"""Search fields added after the first rows were cached: left out of the cache key at their default."""
+"""Search fields added after the first rows were cached: left out of the cache key at the value they had then
+(:meth:`V2Settings.earlier`), so those rows keep their folder."""
 
 
 @dataclass(frozen=True)
@@ -87,20 +89,43 @@ class V2Settings:
     criterion: str = "l1"
     reward: str = "acc"                  # adc.search(..., reward=): the search's reward
     agent_options: tuple[tuple[str, Any], ...] = ()  # adc.search(..., agent_options=) of the strategies a variant changes
-    refine_episodes: int | None = None   # adc.search(..., refine_episodes=): a learning agent's refinement (None: a tenth)
-    refine_method: str = "gaussian"      # adc.search(..., refine_method=): how the refinement searches
+    refine_episodes: int | None = None   # adc.search(..., refine_episodes=): a learning agent's refinement (None: the
+                                         # engine's default, three tenths since 2026-11-29, a tenth before)
+    refine_method: str = "cmaes"         # adc.search(..., refine_method=): how the refinement searches
     finetune_epochs: int = 2
     finetune_samples: int | None = None  # training images per fine-tune epoch (None: the whole train split)
     finetune_lr: float = 0.01
     finetune_seeds: int = 3              # fine-tune the rows of seeds below this (each strategy's first seeds)
     distill: bool = True                 # fine-tune with the unpruned reference model as teacher
 
+    def earlier(self, name: str) -> Any:
+        """The value a :data:`LATER_FIELDS` field had before it was a setting: the rows cached then ran with it
+        (the refinement was a tenth of the episodes, by Gaussian steps, until 2026-11-29)."""
+        return {"reward": "acc", "agent_options": (), "refine_method": "gaussian",
+                "refine_episodes": max(1, self.episodes // 10)}[name]
+
+    def refine_count(self) -> int:
+        """A learning agent's refinement episodes under these settings (``refine_episodes`` resolved)."""
+        from adc.engine.loop import default_refine_episodes
+
+        return default_refine_episodes(self.episodes) if self.refine_episodes is None else self.refine_episodes
+
+    def for_strategy(self, strategy: str) -> V2Settings:
+        """The settings that key ``strategy``'s rows: an agent that does not learn has no refinement, so its rows
+        are keyed (and shared) whatever the refinement settings."""
+        from adc.agents import AGENTS
+
+        if AGENTS.get(strategy).can_exploit:
+            return self
+        return dataclasses.replace(self, refine_episodes=self.earlier("refine_episodes"),
+                                   refine_method=self.earlier("refine_method"))
+
     def tag(self) -> str:
-        """Hash of the search fields (the cache folder); fields at their default for every variant are left out,
-        so the caches made before those fields existed keep their name."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        fields = {k: v for k, v in dataclasses.asdict(self).items()
-                  if not _is_finetune_field(k) and not (k in LATER_FIELDS and v == defaults[k])}
+        """Hash of the search fields (the cache folder), the refinement resolved to its episodes; a later field
+        at its earlier value is left out, so the caches made before it existed keep their name."""
+        fields = {**dataclasses.asdict(self), "refine_episodes": self.refine_count()}
+        fields = {k: v for k, v in fields.items()
+                  if not _is_finetune_field(k) and not (k in LATER_FIELDS and v == self.earlier(k))}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     def finetune_tag(self) -> str:
@@ -136,43 +161,61 @@ class Variant:
         changes: The :class:`V2Settings` fields it sets.
         strategies: The strategies it changes (its rows; the others would repeat the default's).
         note: What it changes and why it was tried.
+        baseline: The fields of the default it was measured against, where the default has changed since
+            (:data:`TENTH_BY_GAUSSIAN`); the change applies on top of them.
     """
 
     changes: dict[str, Any]
     strategies: tuple[str, ...]
     note: str
+    baseline: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def default(self, settings: V2Settings) -> V2Settings:
+        """The default search this variant is compared with: ``settings`` with its baseline."""
+        return dataclasses.replace(settings, **self.baseline)
 
     def apply(self, settings: V2Settings) -> V2Settings:
-        """``settings`` with the change."""
-        return dataclasses.replace(settings, **self.changes)
+        """``settings`` with the change (on its baseline)."""
+        return dataclasses.replace(self.default(settings), **self.changes)
+
+
+TENTH_BY_GAUSSIAN = {"refine_episodes": 20, "refine_method": "gaussian"}
+"""The learning agents' refinement before 2026-11-29 (a tenth of the full mode's 200 episodes, by Gaussian steps):
+the default the earlier variants were measured against."""
 
 
 VARIANTS: dict[str, Variant] = {
     "reward-loss": Variant(
         {"reward": "loss"}, ("random", "cmaes", "tpe", "ddpg"),
         "`--reward loss` (minus the cross-entropy on the reward's 1,000 images) in place of `acc` (their top-1): "
-        "it ranks close policies better (reward_ranking.md)"),
+        "it ranks close policies better (reward_ranking.md)", TENTH_BY_GAUSSIAN),
     "ddpg-warmup-uniform": Variant(
         {"agent_options": (("warmup_sigma", 0.2),)}, ("ddpg",),
         "ddpg's warm-up actions drawn around the uniform policy (truncated normal, sigma 0.2) instead of uniform "
-        "in [0, 1]: at 30% FLOPs every warm-up episode was worse than the uniform policy"),
+        "in [0, 1]: at 30% FLOPs every warm-up episode was worse than the uniform policy", TENTH_BY_GAUSSIAN),
     "ddpg-refine-60": Variant(
         {"refine_episodes": 60}, ("ddpg",),
         "ddpg's refinement phase (the engine's local search around the best policy) 60 of the 200 episodes "
         "instead of 20: the one synthetic ablation that won (ddpg_ablation.md), never run on v2's cells; "
-        "every ddpg final policy at 30% FLOPs on resnet20 came from the refinement"),
+        "every ddpg final policy at 30% FLOPs on resnet20 came from the refinement", TENTH_BY_GAUSSIAN),
     "ddpg-refine-cma-60": Variant(
         {"refine_episodes": 60, "refine_method": "cmaes"}, ("ddpg",),
         "ddpg's 60-episode refinement done by CMA-ES from ddpg's best policy (step 0.1, population 6) instead of Gaussian "
         "hill-climbing: ddpg-refine-60 gained +0.20 from more local search, and CMA-ES, the best rival, is a local "
-        "search whose mean follows the better half of each generation rather than the single luckiest reward"),
+        "search whose mean follows the better half of each generation rather than the single luckiest reward; "
+        "the default since 2026-11-29", TENTH_BY_GAUSSIAN),
+    "ddpg-refine-cma-100": Variant(
+        {"refine_episodes": 100}, ("ddpg",),
+        "ddpg's CMA-ES refinement 100 of the 200 episodes instead of 60: each longer local search around ddpg's best "
+        "policy has gained so far (20 -> 60 episodes: +0.32), and the learned part before it may add little"),
 }
 """The variants ``--variant`` runs, by name."""
 
 
-def cache_dir(mode: str, settings: V2Settings) -> Path:
-    """The cache folder of a mode's rows under ``settings`` (see :meth:`V2Settings.tag`)."""
-    return CACHE_ROOT / f"v2-{mode}-{settings.tag()}"
+def cache_dir(mode: str, settings: V2Settings, strategy: str = "uniform") -> Path:
+    """The cache folder of ``strategy``'s rows of a mode under ``settings`` (:meth:`V2Settings.for_strategy`,
+    :meth:`V2Settings.tag`); the default, a strategy that does not learn, is also where the references' records go."""
+    return CACHE_ROOT / f"v2-{mode}-{settings.for_strategy(strategy).tag()}"
 
 
 def finetune_path(cache: Path, settings: V2Settings, row: Row) -> Path:
@@ -180,11 +223,12 @@ def finetune_path(cache: Path, settings: V2Settings, row: Row) -> Path:
     return cache / f"{row.key}-ft-{settings.finetune_tag()}.json"
 
 
-def cached_records(cache: Path, settings: V2Settings, rows: list[Row]) -> list[tuple[Row, dict[str, Any]]]:
-    """The rows of ``rows`` already searched in ``cache``, each with its fine-tune where cached (seeds below
-    ``finetune_seeds``); nothing is run."""
+def cached_records(mode: str, settings: V2Settings, rows: list[Row]) -> list[tuple[Row, dict[str, Any]]]:
+    """The rows of ``rows`` already searched in their cache folders, each with its fine-tune where cached (seeds
+    below ``finetune_seeds``); nothing is run."""
     out = []
     for row in rows:
+        cache = cache_dir(mode, settings, row.strategy)
         path = cache / f"{row.key}.json"
         if path.is_file():
             tuned = finetune_path(cache, settings, row)
@@ -217,13 +261,18 @@ class V2Bench(Bench):
     otherwise start and stop its own).
     """
 
-    def __init__(self, settings: V2Settings, cache: Path, log: Any = print) -> None:
+    def __init__(self, settings: V2Settings, mode: str, log: Any = print) -> None:
         from adc.inputs.calibration import image_range
         from adc.objective.evaluator import ValidationScore
 
-        super().__init__(settings, cache, log)  # type: ignore[arg-type]
+        super().__init__(settings, cache_dir(mode, settings), log)  # type: ignore[arg-type]
+        self.mode = mode
         images, labels = image_range(self.splits.val, settings.val_size, settings.select_size)
         self.holdout = ValidationScore(images, labels)
+
+    def row_dir(self, row: Row) -> Path:
+        """The cache folder of ``row`` (its strategy's, :func:`cache_dir`)."""
+        return cache_dir(self.mode, self.settings, row.strategy)
 
     def heldout_curve(self, result: Any, strategy: str) -> tuple[list[dict[str, Any]], int]:
         """The best-so-far policy's held-out top-1 at each checkpoint (see the module docs); and the evaluations spent.
@@ -273,7 +322,7 @@ class V2Bench(Bench):
         curve, fresh = self.heldout_curve(result, row.strategy)
         curve_seconds = time.perf_counter() - t0
         pruned = result.prune()
-        save(pruned, self.cache / f"{row.key}.model.pt", policy=result.policy)
+        save(pruned, self.row_dir(row) / f"{row.key}.model.pt", policy=result.policy)
         costs = count(pruned, self.x)
         history = result.history
         return {
@@ -301,7 +350,7 @@ class V2Bench(Bench):
 
         s = self.settings
         teacher, _ = self.reference(row.model)
-        pruned = load(self.cache / f"{row.key}.model.pt")
+        pruned = load(self.row_dir(row) / f"{row.key}.model.pt")
         started = time.perf_counter()
         _, records = finetune(pruned, self.splits, teacher=teacher if s.distill else None, epochs=s.finetune_epochs,
                               lr=s.finetune_lr, seed=row.seed, train_samples=s.finetune_samples)
@@ -316,9 +365,10 @@ class V2Bench(Bench):
         start_local_ray(self.settings.workers)
         for i, row in enumerate(rows, 1):
             t0 = time.perf_counter()
-            record, ran = self._cached(self.cache / f"{row.key}.json", lambda: self.run_row(row))
+            record, ran = self._cached(self.row_dir(row) / f"{row.key}.json", lambda: self.run_row(row))
             if row.seed < self.settings.finetune_seeds:
-                tuned, ran_ft = self._cached(finetune_path(self.cache, self.settings, row), lambda: self.finetune_row(row))
+                tuned, ran_ft = self._cached(finetune_path(self.row_dir(row), self.settings, row),
+                                             lambda: self.finetune_row(row))
                 record = {**record, **tuned}
                 ran = ran or ran_ft
             done.append(record)
@@ -465,32 +515,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate:
         return _print_estimate()
     cache = cache_dir(args.mode, settings)
-    cache.mkdir(parents=True, exist_ok=True)
-    _write_json(cache / "settings.json", dataclasses.asdict(settings))
     command = "python -m benchmarks.v2 " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     strategies = VARIANTS[args.variant].strategies if args.variant else settings.strategies
     rows = [r for r in plan(settings) if r.strategy in strategies and (not args.model or r.model in args.model)
             and (not args.strategy or r.strategy in args.strategy) and (not args.budget or r.budget in args.budget)
             and (not args.seed or r.seed in args.seed)]
-    print(f"benchmark v2 {args.mode}: {len(rows)} rows, cache {cache}", flush=True)
+    folders = {cache_dir(args.mode, settings, s): s for s in dict.fromkeys(["uniform", *(r.strategy for r in rows)])}
+    for folder, strategy in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(folder / "settings.json", dataclasses.asdict(settings.for_strategy(strategy)))
+    print(f"benchmark v2 {args.mode}: {len(rows)} rows, cache {', '.join(map(str, folders))}", flush=True)
 
     from adc.utils.errors import AdcError
 
     started = time.perf_counter()
     try:
-        bench = V2Bench(settings, cache, log=lambda m: print(m, flush=True))
+        bench = V2Bench(settings, args.mode, log=lambda m: print(m, flush=True))
         if args.references:
             for model in dict.fromkeys(r.model for r in rows):
                 print(f"{model}: test top-1 {100 * bench.reference(model)[1]['test_top1']:.2f}%", flush=True)
             return 0
-        records = ([r for _, r in cached_records(cache, settings, plan(settings))] if args.report_only
+        records = ([r for _, r in cached_records(args.mode, settings, plan(settings))] if args.report_only
                    else bench.run(rows))
         references = {m: bench.reference(m)[1] for m in dict.fromkeys(r["model"] for r in records)}
     except AdcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.variant is not None:
-        print(f"rows cached in {cache}; compare them with the default: python -m benchmarks.v2_variants", flush=True)
+        print(f"rows cached in {', '.join(map(str, folders))}; compare them with the default: "
+              "python -m benchmarks.v2_variants", flush=True)
         return 0
     from benchmarks.report_v2 import write_report
 
@@ -504,8 +557,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_estimate() -> int:
     smoke_settings, full = MODES["smoke"], MODES["full"]
-    cache = cache_dir("smoke", smoke_settings)
-    smoke = [r for _, r in cached_records(cache, smoke_settings, plan(smoke_settings))]
+    smoke = [r for _, r in cached_records("smoke", smoke_settings, plan(smoke_settings))]
     if not smoke:
         print("no smoke rows cached: run python -m benchmarks.v2 --smoke first", file=sys.stderr)
         return 2

@@ -35,14 +35,14 @@ from typing import Any
 
 from benchmarks.report import write_page
 from benchmarks.run import RESULTS_DIR
-from benchmarks.v2 import MODES, SEEDED, VARIANTS, V2Settings, Variant, cache_dir, cached_records, plan
+from benchmarks.v2 import MODES, SEEDED, VARIANTS, V2Settings, Variant, cached_records, plan
 
 
 def load_rows(settings: V2Settings, strategies: tuple[str, ...]) -> dict[tuple[str, float, str, int], dict[str, Any]]:
     """The full mode's cached search rows of ``strategies`` under ``settings`` (with their fine-tune where cached)."""
     rows = [r for r in plan(settings) if r.strategy in strategies]
     return {(row.model, row.budget, row.strategy, row.seed): record
-            for row, record in cached_records(cache_dir("full", settings), settings, rows)}
+            for row, record in cached_records("full", settings, rows)}
 
 
 def curve_at(record: dict[str, Any], episode: int) -> float | None:
@@ -76,6 +76,8 @@ def report(name: str, variant: Variant, default: dict[tuple, dict[str, Any]], ch
         f"- Command: `python -m benchmarks.v2_variants` (reads the cached rows of `python -m benchmarks.v2 --full` and "
         f"`python -m benchmarks.v2 --full --variant {name}`).",
         f"- Everything else is v2's full mode (`{json.dumps(_shown_settings(), sort_keys=True)}`).",
+        *([f"- Compared with the default it was measured against; these of its fields have changed since: "
+           f"`{json.dumps(variant.baseline)}`."] if variant.baseline else []),
         "- Columns: test top-1 (%) of the handed-back model, mean ± sd over the seeds run both ways; "
         "Δ = mean of the paired differences (variant − default, same seed); held-out @N = top-1 on the 5,000 "
         "validation images after the reward's, of the best-reward policy after N episodes (before the final "
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, variant in VARIANTS.items():
         changed = load_rows(variant.apply(MODES["full"]), variant.strategies)
         if changed:
-            default = load_rows(MODES["full"], variant.strategies)
+            default = load_rows(variant.default(MODES["full"]), variant.strategies)
             write_page(args.out, f"v2_{name}", report(name, variant, default, changed))
             written += 1
     if not written:

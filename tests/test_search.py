@@ -159,6 +159,15 @@ def test_a_search_stopped_in_its_refinement_resumes_as_the_uninterrupted_search(
     assert len(refined) > 1  # the refinement explores distinct policies around the best one
 
 
+@pytest.mark.parametrize("episodes, workers, plan", [(200, 2, (120, 20, 60)), (100, 1, (60, 10, 30)),
+                                                     (20, 4, (12, 4, 4))])
+def test_a_learning_agent_refines_for_three_tenths_by_cmaes_by_default(episodes, workers, plan):
+    """The defaults benchmark v2 measured best for ddpg (v2_ddpg-refine-cma-60.md); explore and exploit in whole rounds."""
+    assert loop_module.phase_plan(episodes, workers, True, None, None) == plan
+    assert loop_module.phase_plan(episodes, workers, False, None, None) == (episodes, 0, 0)
+    assert adc.SearchOptions().refine_method == "cmaes"
+
+
 def test_an_unknown_refine_method_is_refused_with_the_choices():
     with pytest.raises(AdcError, match="refine_method 'newton': valid: gaussian, cmaes"):
         adc.SearchOptions(refine_method="newton")

@@ -105,7 +105,8 @@ class SearchOptions:
             may be a range of fractions, ``latency=0.3:0.9[:STEP]``: the search then hands back a front of models
             (:attr:`front`, :mod:`adc.engine.front`).
         agent: Name in :data:`adc.agents.AGENTS`.
-        episodes: Episodes in all (a learning agent's last tenth exploit, the tenth before refines).
+        episodes: Episodes in all (a learning agent plays its noise-free policy for a tenth, then refines the best
+            policy for the last three tenths).
         criterion: Channel criterion (:data:`adc.pruning.criteria.CRITERIA`).
         reward: Reward name, ``file.py:fn`` / ``package.module:fn``, or a callable.
         seed: Seeds everything random; the same seed gives the same search on the CPU.
@@ -122,9 +123,9 @@ class SearchOptions:
         fill_budget: Make every policy use its budget.
         observe_bounds: Tell a learning agent, at every unit, the action interval the budget clipping allows
             (:data:`adc.envs.pruning_env.BOUND_FEATURES`).
-        exploit_episodes, refine_episodes: A learning agent's last phases (None: a tenth each).
-        refine_method: How the refinement searches around the best policy: ``gaussian`` (hill-climbing with
-            shrinking steps) or ``cmaes`` (CMA-ES from the best policy) (:mod:`adc.agents.refine`).
+        exploit_episodes, refine_episodes: A learning agent's last phases (None: a tenth, and three tenths).
+        refine_method: How the refinement searches around the best policy: ``cmaes`` (CMA-ES from the best
+            policy, the default) or ``gaussian`` (hill-climbing with shrinking steps) (:mod:`adc.agents.refine`).
         device: ``cpu`` or ``cuda[:N]``.
         agent_options: The agent's own settings (``{"warmup": 20}``), checked against its options.
         checkpoint_every: Episodes between checkpoints.
@@ -158,7 +159,7 @@ class SearchOptions:
     observe_bounds: bool = False
     exploit_episodes: int | None = None
     refine_episodes: int | None = None
-    refine_method: str = "gaussian"
+    refine_method: str = "cmaes"
     device: str = "cpu"
     agent_options: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 10
