@@ -197,6 +197,29 @@ def test_resume_refuses_changed_settings(trained, digits, digits_input, tmp_path
         adc.search(trained, digits_input, out=tmp_path, resume=True, **{**common, "seed": 2})
 
 
+def test_resume_refuses_a_checkpoint_of_an_earlier_default_refinement(trained, digits, digits_input, tmp_path):
+    """A checkpoint records the refinement's length resolved, so a search begun under an earlier default (a tenth,
+    before 2026-11-29) is refused rather than resumed into a different phase plan."""
+    common = dict(data=digits, budget={"flops": 0.5}, agent="ddpg", episodes=10, seed=1, checkpoint_every=2,
+                  agent_options={"warmup": 2, "hidden": (16, 16)}, **FAST)
+
+    def stop_at_4(record, best):
+        if record["episode"] == 3:
+            raise KeyboardInterrupt
+
+    adc.search(trained, digits_input, out=tmp_path, progress=stop_at_4, **common)
+    saved = tmp_path / "checkpoint" / "state" / "settings.json"
+    settings = json.loads(saved.read_text())
+    assert settings["refine_episodes"] == 3
+    adc.search(trained, digits_input, out=tmp_path, resume=True, progress=stop_at_4, **{**common, "refine_episodes": 3})
+    saved.write_text(json.dumps({**settings, "refine_episodes": None}))
+    with pytest.raises(AdcError, match="--refine-episodes 3 differs from the interrupted search's None"):
+        adc.search(trained, digits_input, out=tmp_path, resume=True, **common)
+    random = {**common, "agent": "random", "agent_options": {}}  # no refinement: nothing to refuse
+    adc.search(trained, digits_input, out=tmp_path / "random", progress=stop_at_4, **random)
+    assert json.loads((tmp_path / "random" / "checkpoint" / "state" / "settings.json").read_text())["refine_episodes"] is None
+
+
 def test_resume_without_a_checkpoint_is_refused(tmp_path):
     with pytest.raises(AdcError, match="nothing to resume"):
         adc.search(tiny_model(), torch.zeros(1, 1, 8, 8), evaluate=stub_evaluate, agent="random", episodes=2,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adc.agents import Agent, CMARefiner, Refinement, Refiner, make_agent
+from adc.agents import AGENTS, Agent, CMARefiner, Refinement, Refiner, make_agent
 from adc.analysis.alignment import probe_alignment
 from adc.analysis.graph import ModelGraph, analyze
 from adc.analysis.latency import LatencyTable, build_latency_table
@@ -196,6 +196,9 @@ class Search:
     def checkpoint_settings(self) -> dict[str, Any]:
         """The settings a checkpoint records, so a resumed search can refuse changed ones (and the measured rounding)."""
         settings = {k: v for k, v in self.options.fields().items() if k not in RESUME_MAY_CHANGE}
+        if settings.get("refine_episodes") is None and AGENTS.get(self.options.agent).can_exploit:
+            # resolved: a learning agent's checkpoint made under an earlier adc's default refinement differs
+            settings["refine_episodes"] = default_refine_episodes(self.options.episodes)
         if self.round_to is not None:
             settings["resolved_round_to"] = self.round_to
             if self.alignment is not None:
