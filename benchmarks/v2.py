@@ -60,9 +60,11 @@ CURVE_EVALUATIONS = 5
 best policy did not change or the final selection scored it)."""
 
 
-LATER_FIELDS = ("reward", "agent_options", "refine_episodes", "refine_method")
+LATER_FIELDS = ("reward", "agent_options", "refine_episodes", "refine_method", "observe_bounds")
 """Search fields added after the first rows were cached: left out of the cache key at the value they had then
 (:meth:`V2Settings.earlier`), so those rows keep their folder."""
+LEARNER_FIELDS = ("refine_episodes", "refine_method", "observe_bounds")
+"""Search fields only a learning agent uses: the rows of the others do not depend on them."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class V2Settings:
     refine_episodes: int | None = None   # adc.search(..., refine_episodes=): a learning agent's refinement (None: the
                                          # engine's default, three tenths since 2026-11-29, a tenth before)
     refine_method: str = "cmaes"         # adc.search(..., refine_method=): how the refinement searches
+    observe_bounds: bool = False         # adc.search(..., observe_bounds=): a learning agent sees the clipping's interval
     finetune_epochs: int = 2
     finetune_samples: int | None = None  # training images per fine-tune epoch (None: the whole train split)
     finetune_lr: float = 0.01
@@ -101,7 +104,7 @@ class V2Settings:
     def earlier(self, name: str) -> Any:
         """The value a :data:`LATER_FIELDS` field had before it was a setting: the rows cached then ran with it
         (the refinement was a tenth of the episodes, by Gaussian steps, until 2026-11-29)."""
-        return {"reward": "acc", "agent_options": (), "refine_method": "gaussian",
+        return {"reward": "acc", "agent_options": (), "refine_method": "gaussian", "observe_bounds": False,
                 "refine_episodes": max(1, self.episodes // 10)}[name]
 
     def refine_count(self) -> int:
@@ -117,8 +120,7 @@ class V2Settings:
 
         if AGENTS.get(strategy).can_exploit:
             return self
-        return dataclasses.replace(self, refine_episodes=self.earlier("refine_episodes"),
-                                   refine_method=self.earlier("refine_method"))
+        return dataclasses.replace(self, **{name: self.earlier(name) for name in LEARNER_FIELDS})
 
     def tag(self) -> str:
         """Hash of the search fields (the cache folder), the refinement resolved to its episodes; a later field
@@ -208,6 +210,10 @@ VARIANTS: dict[str, Variant] = {
         {"refine_episodes": 100}, ("ddpg",),
         "ddpg's CMA-ES refinement 100 of the 200 episodes instead of 60: each longer local search around ddpg's best "
         "policy has gained so far (20 -> 60 episodes: +0.32), and the learned part before it may add little"),
+    "ddpg-observe-bounds": Variant(
+        {"observe_bounds": True}, ("ddpg",),
+        "ddpg observes, at every unit, the action interval the budget clipping allows (the state features; "
+        "synthetic ablation +0.013 ± 0.013): the agent then knows which of its actions the clipping will override"),
 }
 """The variants ``--variant`` runs, by name."""
 
@@ -315,7 +321,7 @@ class V2Bench(Bench):
             criterion=s.criterion, bn_calibration=s.bn_calibration, val_size=s.val_size, seed=row.seed,
             select_top=s.select_top, select_size=s.select_size, workers=s.workers, reward=s.reward,
             agent_options=dict(s.agent_options), refine_episodes=s.refine_episodes,
-            refine_method=s.refine_method,
+            refine_method=s.refine_method, observe_bounds=s.observe_bounds,
         )
         search_seconds = time.perf_counter() - started
         t0 = time.perf_counter()
@@ -328,7 +334,8 @@ class V2Bench(Bench):
         return {
             "model": row.model, "budget_flops": row.budget, "strategy": row.strategy, "seed": row.seed,
             "variant": "default", "reward": s.reward, "agent_options": dict(s.agent_options),
-            "refine_episodes": s.refine_episodes, "refine_method": s.refine_method, "workers": s.workers,
+            "refine_episodes": s.refine_episodes, "refine_method": s.refine_method,
+            "observe_bounds": s.observe_bounds, "workers": s.workers,
             "episodes": len(history),
             "evaluations": _evaluations(row.strategy, history, result, s.episodes),
             "search_wall_s": search_seconds, "curve_s": curve_seconds, "curve_evaluations": fresh,
