@@ -113,6 +113,10 @@ class V2Settings:
 
         return default_refine_episodes(self.episodes) if self.refine_episodes is None else self.refine_episodes
 
+    def resolved(self) -> dict[str, Any]:
+        """The fields, with the refinement's episodes resolved (what the page and ``settings.json`` show)."""
+        return {**dataclasses.asdict(self), "refine_episodes": self.refine_count()}
+
     def for_strategy(self, strategy: str) -> V2Settings:
         """The settings that key ``strategy``'s rows: an agent that does not learn has no refinement, so its rows
         are keyed (and shared) whatever the refinement settings."""
@@ -125,8 +129,7 @@ class V2Settings:
     def tag(self) -> str:
         """Hash of the search fields (the cache folder), the refinement resolved to its episodes; a later field
         at its earlier value is left out, so the caches made before it existed keep their name."""
-        fields = {**dataclasses.asdict(self), "refine_episodes": self.refine_count()}
-        fields = {k: v for k, v in fields.items()
+        fields = {k: v for k, v in self.resolved().items()
                   if not _is_finetune_field(k) and not (k in LATER_FIELDS and v == self.earlier(k))}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -530,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = {cache_dir(args.mode, settings, s): s for s in dict.fromkeys(["uniform", *(r.strategy for r in rows)])}
     for folder, strategy in folders.items():
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / "settings.json", dataclasses.asdict(settings.for_strategy(strategy)))
+        _write_json(folder / "settings.json", settings.for_strategy(strategy).resolved())
     print(f"benchmark v2 {args.mode}: {len(rows)} rows, cache {', '.join(map(str, folders))}", flush=True)
 
     from adc.utils.errors import AdcError
@@ -555,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.report_v2 import write_report
 
     out = args.out or (cache / "results" if args.mode == "smoke" else RESULTS_DIR)
-    written = write_report(records, references, settings=dataclasses.asdict(settings), mode=args.mode, command=command,
+    written = write_report(records, references, settings=settings.resolved(), mode=args.mode, command=command,
                            out_dir=out, stem="fashion_mnist_v2" if args.mode == "full" else f"fashion_mnist_v2_{args.mode}",
                            elapsed_s=time.perf_counter() - started)
     print("wrote " + ", ".join(str(p) for p in written), flush=True)
