@@ -61,10 +61,10 @@ RESUME_MAY_CHANGE = frozenset({"threads", "ray_address", "checkpoint_every", "gp
 def default_refine_episodes(episodes: int) -> int:
     """Episodes of a learning agent's refinement when ``refine_episodes`` is not set: three tenths.
 
-    On benchmark v2's ResNet-20 and MobileNet cells, 60 of 200 episodes refined
-    by CMA-ES from the best policy beat the earlier tenth by Gaussian steps by
-    +0.32 +- 0.13 points of test top-1 over 12 paired searches
-    (``benchmarks/results/v2_ddpg-refine-cma-60.md``).
+    On benchmark v2's six cells, 60 of 200 episodes refined by CMA-ES from the
+    best policy beat the earlier tenth by Gaussian steps by +0.24 +- 0.10 points
+    of test top-1 over 18 paired searches; it lost only on ResNet-56 at 50%
+    FLOPs (``benchmarks/results/v2_ddpg-refine-cma-60.md``).
     """
     return max(1, episodes * 3 // 10)
 
@@ -75,8 +75,9 @@ def phase_plan(episodes: int, workers: int, can_exploit: bool, exploit: int | No
 
     A learning agent plays its noise-free policy for a tenth of the episodes
     (``exploit``), then refines the best policy for the last three tenths
-    (``refine``, :func:`default_refine_episodes`); the explore and exploit phases are whole
-    rounds of ``workers`` episodes, the refinement takes the rest.
+    (``refine``, :func:`default_refine_episodes`); the explore and exploit
+    phases are whole rounds of ``workers`` episodes, the refinement takes the
+    rest.
     """
     if not can_exploit:
         return episodes, 0, 0
