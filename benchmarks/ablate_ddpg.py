@@ -51,6 +51,7 @@ import gymnasium as gym
 import numpy as np
 
 from benchmarks.rivals_tuning import ENVS, make_env
+from benchmarks.v2 import earlier_refinement
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache" / "ablate_ddpg"
@@ -114,7 +115,7 @@ def search_options(variant: Variant, episodes: int) -> dict[str, Any]:
     """The variant's search options over the baseline's: the engine's refinement before 2026-11-29 (a tenth of the
     episodes, by Gaussian steps; ``adc.search``'s default since is the "refine 30% by CMA-ES" row), so the cached
     cells of every variant keep meaning what they were run with."""
-    return {"refine_episodes": max(1, episodes // 10), "refine_method": "gaussian", **variant.search_options}
+    return {**earlier_refinement(episodes), **variant.search_options}
 
 
 def _phases(variant: Variant, episodes: int, can_exploit: bool) -> tuple[int, int, int]:

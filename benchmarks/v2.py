@@ -67,6 +67,12 @@ LEARNER_FIELDS = ("refine_episodes", "refine_method", "observe_bounds")
 """Search fields only a learning agent uses: the rows of the others do not depend on them."""
 
 
+def earlier_refinement(episodes: int) -> dict[str, Any]:
+    """A learning agent's refinement before 2026-11-29, explicit: a tenth of ``episodes``, by Gaussian steps (the
+    rows and ablation cells run then ran with it; the default since is three tenths by CMA-ES)."""
+    return {"refine_episodes": max(1, episodes // 10), "refine_method": "gaussian"}
+
+
 @dataclass(frozen=True)
 class V2Settings:
     """Everything that changes a row's numbers.
@@ -103,9 +109,9 @@ class V2Settings:
 
     def earlier(self, name: str) -> Any:
         """The value a :data:`LATER_FIELDS` field had before it was a setting: the rows cached then ran with it
-        (the refinement was a tenth of the episodes, by Gaussian steps, until 2026-11-29)."""
-        return {"reward": "acc", "agent_options": (), "refine_method": "gaussian", "observe_bounds": False,
-                "refine_episodes": max(1, self.episodes // 10)}[name]
+        (:func:`earlier_refinement`)."""
+        return {"reward": "acc", "agent_options": (), "observe_bounds": False,
+                **earlier_refinement(self.episodes)}[name]
 
     def refine_count(self) -> int:
         """A learning agent's refinement episodes under these settings (``refine_episodes`` resolved)."""
@@ -184,9 +190,9 @@ class Variant:
         return dataclasses.replace(self.default(settings), **self.changes)
 
 
-TENTH_BY_GAUSSIAN = {"refine_episodes": 20, "refine_method": "gaussian"}
-"""The learning agents' refinement before 2026-11-29 (a tenth of the full mode's 200 episodes, by Gaussian steps):
-the default the earlier variants were measured against."""
+TENTH_BY_GAUSSIAN = earlier_refinement(MODES["full"].episodes)
+"""The learning agents' refinement before 2026-11-29 at the full mode's episodes: the default the earlier variants
+were measured against."""
 
 
 VARIANTS: dict[str, Variant] = {
@@ -341,7 +347,7 @@ class V2Bench(Bench):
         return {
             "model": row.model, "budget_flops": row.budget, "strategy": row.strategy, "seed": row.seed,
             "variant": "default", "reward": s.reward, "agent_options": dict(s.agent_options),
-            "refine_episodes": s.refine_episodes, "refine_method": s.refine_method,
+            "refine_episodes": s.refine_count(), "refine_method": s.refine_method,
             "observe_bounds": s.observe_bounds, "workers": s.workers,
             "episodes": len(history),
             "evaluations": _evaluations(row.strategy, history, result, s.episodes),
