@@ -27,9 +27,10 @@ Modes (:data:`MODES`):
 
 - ``--full``: resnet20, mobilenet (depthwise) and resnet56 at 50% and 30%
   FLOPs; uniform, sensitivity, random, cmaes, tpe and ddpg, 3 seeds for every
-  searcher, 200 episodes; seed 0 of every strategy fine-tuned (2 epochs of
-  10,000 training images) -- sized to about three hours on a quiet 2-core
-  machine, see the notes file. Writes ``benchmarks/results/fashion_mnist_v2.*``.
+  searcher, 200 episodes; every row fine-tuned (2 epochs of 10,000 training
+  images), uniform's and sensitivity's one model with each of the 3 seeds
+  (:func:`finetune_seeds`) -- the searches sized to about three hours on a
+  quiet 2-core machine, see the notes file. Writes ``benchmarks/results/fashion_mnist_v2.*``.
   The reference models train first (``--references``: 8 epochs each, apart
   from the timed run).
 - ``--smoke``: resnet20 at 50% FLOPs, 8 episodes, one seed, a 1-epoch
@@ -104,7 +105,7 @@ class V2Settings:
     finetune_epochs: int = 2
     finetune_samples: int | None = None  # training images per fine-tune epoch (None: the whole train split)
     finetune_lr: float = 0.01
-    finetune_seeds: int = 3              # fine-tune the rows of seeds below this (each strategy's first seeds)
+    finetune_seeds: int = 3              # fine-tune seeds per strategy (:func:`finetune_seeds`)
     distill: bool = True                 # fine-tune with the unpruned reference model as teacher
 
     def earlier(self, name: str) -> Any:
@@ -153,7 +154,7 @@ MODES: dict[str, V2Settings] = {
     "full": V2Settings(
         models=("resnet20", "mobilenet", "resnet56"), budgets=(0.5, 0.3),
         strategies=("uniform", "sensitivity", "random", "cmaes", "tpe", "ddpg"), seeds=3, episodes=200,
-        finetune_samples=10000, finetune_seeds=1,
+        finetune_samples=10000, finetune_seeds=3,
     ),
     # The full run's evaluation settings (an episode, the final selection and a held-out evaluation cost what
     # they will cost there, so the smoke measures them); only the counts and the references' training shrink.
@@ -237,22 +238,42 @@ def cache_dir(mode: str, settings: V2Settings, strategy: str = "uniform") -> Pat
     return CACHE_ROOT / f"v2-{mode}-{settings.for_strategy(strategy).tag()}"
 
 
-def finetune_path(cache: Path, settings: V2Settings, row: Row) -> Path:
-    """Where a row's fine-tune under ``settings``' fine-tune fields is cached."""
-    return cache / f"{row.key}-ft-{settings.finetune_tag()}.json"
+def finetune_seeds(settings: V2Settings, row: Row) -> list[int]:
+    """The seeds ``row``'s pruned model is fine-tuned with: a seeded strategy's row, its own seed when below
+    ``finetune_seeds``; uniform's and sensitivity's one row (their search has no seed), every seed below it, so
+    each strategy's fine-tuned column has the same n and the fine-tune's own spread shows in all of them."""
+    if row.strategy in SEEDED:
+        return [row.seed] if row.seed < settings.finetune_seeds else []
+    return list(range(settings.finetune_seeds))
+
+
+def finetune_path(cache: Path, settings: V2Settings, row: Row, seed: int | None = None) -> Path:
+    """Where a row's fine-tune with ``seed`` (default: the row's) under ``settings``' fine-tune fields is cached; the
+    row's own seed keeps the name it had before fine-tunes were repeated."""
+    repeat = "" if seed is None or seed == row.seed else f"-seed{seed}"
+    return cache / f"{row.key}-ft-{settings.finetune_tag()}{repeat}.json"
+
+
+def with_finetunes(record: dict[str, Any], tunes: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """``record`` with its fine-tunes (by seed): the first one's fields as they are, and every fine-tuned top-1 by
+    seed in ``finetuned_top1_by_seed`` (what the page averages)."""
+    if not tunes:
+        return record
+    first = tunes[min(tunes)]
+    return {**record, **first, "finetuned_top1_by_seed": {str(k): v["test_top1_finetuned"] for k, v in sorted(tunes.items())}}
 
 
 def cached_records(mode: str, settings: V2Settings, rows: list[Row]) -> list[tuple[Row, dict[str, Any]]]:
-    """The rows of ``rows`` already searched in their cache folders, each with its fine-tune where cached (seeds
-    below ``finetune_seeds``); nothing is run."""
+    """The rows of ``rows`` already searched in their cache folders, each with its fine-tunes where cached
+    (:func:`finetune_seeds`); nothing is run."""
     out = []
     for row in rows:
         cache = cache_dir(mode, settings, row.strategy)
         path = cache / f"{row.key}.json"
         if path.is_file():
-            tuned = finetune_path(cache, settings, row)
-            extra = json.loads(tuned.read_text()) if tuned.is_file() and row.seed < settings.finetune_seeds else {}
-            out.append((row, {**json.loads(path.read_text()), **extra}))
+            tunes = {seed: json.loads(tuned.read_text()) for seed in finetune_seeds(settings, row)
+                     if (tuned := finetune_path(cache, settings, row, seed)).is_file()}
+            out.append((row, with_finetunes(json.loads(path.read_text()), tunes)))
     return out
 
 
@@ -363,8 +384,8 @@ class V2Bench(Bench):
             "row_s": time.perf_counter() - started,
         }
 
-    def finetune_row(self, row: Row) -> dict[str, Any]:
-        """The distilled fine-tune of a searched row's pruned model (loaded from the cache)."""
+    def finetune_row(self, row: Row, seed: int) -> dict[str, Any]:
+        """The distilled fine-tune, with ``seed``, of a searched row's pruned model (loaded from the cache)."""
         from adc.inputs.finetune import finetune, kept_epoch
         from adc.pruning.serialization import load
 
@@ -373,32 +394,38 @@ class V2Bench(Bench):
         pruned = load(self.row_dir(row) / f"{row.key}.model.pt")
         started = time.perf_counter()
         _, records = finetune(pruned, self.splits, teacher=teacher if s.distill else None, epochs=s.finetune_epochs,
-                              lr=s.finetune_lr, seed=row.seed, train_samples=s.finetune_samples)
+                              lr=s.finetune_lr, seed=seed, train_samples=s.finetune_samples)
         images = s.finetune_epochs * min(s.finetune_samples or len(self.splits.train), len(self.splits.train))
-        return {"test_top1_finetuned": kept_epoch(records)["test_top1"], "finetune_records": records,
-                "finetune_images": images, "finetune_s": time.perf_counter() - started}
+        return {"test_top1_finetuned": kept_epoch(records)["test_top1"], "finetune_seed": seed,
+                "finetune_records": records, "finetune_images": images, "finetune_s": time.perf_counter() - started}
 
     def run(self, rows: list[Row]) -> list[dict[str, Any]]:
-        """Search every row (cached), then fine-tune it if its seed is below ``finetune_seeds`` (cached apart)."""
+        """Search every row (cached), then fine-tune it with each of its :func:`finetune_seeds` (cached apart).
+
+        Ray starts only when a row's search is not cached (fine-tunes run in this process).
+        """
         done: list[dict[str, Any]] = []
         started, fresh = time.perf_counter(), 0
-        start_local_ray(self.settings.workers)
         for i, row in enumerate(rows, 1):
             t0 = time.perf_counter()
-            record, ran = self._cached(self.row_dir(row) / f"{row.key}.json", lambda: self.run_row(row))
-            if row.seed < self.settings.finetune_seeds:
-                tuned, ran_ft = self._cached(finetune_path(self.row_dir(row), self.settings, row),
-                                             lambda: self.finetune_row(row))
-                record = {**record, **tuned}
+            search_path = self.row_dir(row) / f"{row.key}.json"
+            if not search_path.is_file():
+                start_local_ray(self.settings.workers)
+            record, ran = self._cached(search_path, lambda: self.run_row(row))
+            tunes = {}
+            for seed in finetune_seeds(self.settings, row):
+                tunes[seed], ran_ft = self._cached(finetune_path(self.row_dir(row), self.settings, row, seed),
+                                                   lambda: self.finetune_row(row, seed))
                 ran = ran or ran_ft
+            record = with_finetunes(record, tunes)
             done.append(record)
             if not ran:
                 self.log(f"[{i}/{len(rows)}] {row.key}: cached")
                 continue
             fresh += 1
             left = (time.perf_counter() - started) / fresh * (len(rows) - i) / 60
-            tuned_text = (f" -> {100 * record['test_top1_finetuned']:.2f}% after fine-tune"
-                          if "test_top1_finetuned" in record else "")
+            tuned_text = (" -> " + ", ".join(f"{100 * v:.2f}%" for v in record["finetuned_top1_by_seed"].values())
+                          + " after fine-tune" if "finetuned_top1_by_seed" in record else "")
             self.log(f"[{i}/{len(rows)}] {row.key}: test {100 * record['test_top1_pruned']:.2f}%{tuned_text}, "
                      f"MACs {record['macs_fraction']:.3f}, {time.perf_counter() - t0:.0f} s (about {left:.0f} min left)")
         return done
@@ -486,7 +513,7 @@ def estimate(smoke: list[dict[str, Any]], full: V2Settings, smoke_settings: V2Se
         evaluations = {"uniform": 1, "sensitivity": 2 + 4 * units[row.model]}.get(row.strategy, full.episodes)
         seconds = (evaluations * p["episode_s"] + p["search_overhead_s"] + p["other_s"]
                    + (CURVE_EVALUATIONS if row.strategy in SEEDED else 1) * p["heldout_eval_s"])
-        if row.seed < full.finetune_seeds:
+        for _ in finetune_seeds(full, row):
             seconds += (full.finetune_epochs * (full.finetune_samples or 54000) * p["finetune_image_s"]
                         + (full.finetune_epochs + 1) * p["finetune_pass_s"])
         by_model[row.model] = by_model.get(row.model, 0.0) + seconds * scale
