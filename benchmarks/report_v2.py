@@ -63,11 +63,8 @@ def groups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def finetuned_values(r: Mapping[str, Any]) -> list[float]:
-    """Test top-1 after each of the row's fine-tunes, in seed order (a row cached before fine-tunes were repeated:
-    its one ``test_top1_finetuned``)."""
-    if "finetuned_top1_by_seed" in r:
-        return list(r["finetuned_top1_by_seed"].values())
-    return [r["test_top1_finetuned"]] if r.get("test_top1_finetuned") is not None else []
+    """Test top-1 after each of the row's fine-tunes, in seed order (:func:`benchmarks.v2.with_finetunes`)."""
+    return list(r.get("finetuned_top1_by_seed", {}).values())
 
 
 def _order(strategy: str) -> int:

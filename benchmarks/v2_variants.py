@@ -35,24 +35,14 @@ from typing import Any
 
 from benchmarks.report import write_page
 from benchmarks.run import RESULTS_DIR
-from benchmarks.v2 import (
-    MODES,
-    SEEDED,
-    VARIANT_FINETUNE_SEEDS,
-    VARIANTS,
-    V2Settings,
-    Variant,
-    cached_records,
-    plan,
-)
+from benchmarks.v2 import MODES, SEEDED, VARIANTS, V2Settings, Variant, cached_records, plan
 
 
 def load_rows(settings: V2Settings, strategies: tuple[str, ...]) -> dict[tuple[str, float, str, int], dict[str, Any]]:
     """The full mode's cached search rows of ``strategies`` under ``settings`` (with their fine-tune where cached)."""
     rows = [r for r in plan(settings) if r.strategy in strategies]
-    like_variants = dataclasses.replace(settings, finetune_seeds=VARIANT_FINETUNE_SEEDS)  # the default's too
     return {(row.model, row.budget, row.strategy, row.seed): record
-            for row, record in cached_records("full", like_variants, rows)}
+            for row, record in cached_records("full", settings, rows)}
 
 
 def curve_at(record: dict[str, Any], episode: int) -> float | None:

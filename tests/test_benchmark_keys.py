@@ -30,6 +30,7 @@ def test_a_variant_changes_its_strategies_rows_and_is_compared_with_its_own_defa
     for strategy in variant.strategies:
         assert cache_dir("full", variant.apply(full), strategy) != cache_dir("full", variant.default(full), strategy)
     assert variant.apply(full) == dataclasses.replace(variant.default(full), **variant.changes)
+    assert variant.apply(full).finetune_seeds == variant.default(full).finetune_seeds == 1  # seed 0 both sides
 
 
 def test_a_row_is_fine_tuned_once_per_seed_and_its_own_seed_keeps_its_file(tmp_path):
