@@ -92,6 +92,15 @@ VARIANTS: dict[str, Variant] = {
     "refine 30%": Variant(search_options={"refine_episodes": 60}, note="a larger Gaussian refinement phase (of 200)"),
     "refine 30% by CMA-ES": Variant(search_options={"refine_episodes": 60, "refine_method": "cmaes"},
                                     note="that refinement done by CMA-ES from the best policy (refine_method)"),
+    "CMA-ES refine, sigma held at 0.5": Variant(
+        agent_options={"noise_final_sigma": 0.5}, search_options={"refine_episodes": 60, "refine_method": "cmaes"},
+        note="the default since 2026-11-29 (refine 30% by CMA-ES) with exploration noise that does not decay"),
+    "CMA-ES refine, sigma 0.5 -> 0.2": Variant(
+        agent_options={"noise_final_sigma": 0.2}, search_options={"refine_episodes": 60, "refine_method": "cmaes"},
+        note="the default since 2026-11-29 with noise decaying to 0.2 instead of 0.05"),
+    "CMA-ES refine, td3": Variant(
+        agent="td3", search_options={"refine_episodes": 60, "refine_method": "cmaes"},
+        note="the default since 2026-11-29 with TD3 in place of DDPG"),
     "random": Variant(agent="random", note="reference"),
     "cmaes": Variant(agent="cmaes", note="reference"),
     "tpe": Variant(agent="tpe", note="reference"),

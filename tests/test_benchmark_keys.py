@@ -17,6 +17,18 @@ def test_rows_of_a_strategy_that_does_not_learn_ignore_the_learning_agents_setti
     assert cache_dir("full", full, "ddpg") != cache_dir("full", earlier, "ddpg")
 
 
+def test_the_ddpg_rows_are_played_by_the_learner_setting_and_the_default_keeps_its_key():
+    full = MODES["full"]
+    assert full.learner == "ddpg" and full.agent("ddpg") == "ddpg" and full.agent("cmaes") == "cmaes"
+    swapped = dataclasses.replace(full, learner="td3")
+    assert swapped.agent("ddpg") == "td3" and swapped.agent("tpe") == "tpe"
+    assert cache_dir("full", swapped, "ddpg") != cache_dir("full", full, "ddpg")
+    assert cache_dir("full", swapped, "uniform") == cache_dir("full", full, "uniform")
+    # adding the field kept the folders the committed pages' rows were cached in
+    assert (cache_dir("full", full, "ddpg").name, cache_dir("full", full, "uniform").name) == (
+        "v2-full-106d117c73", "v2-full-497d0920ad")
+
+
 def test_an_unset_refinement_keys_as_the_count_it_resolves_to():
     full = MODES["full"]
     assert full.refine_episodes is None
