@@ -249,8 +249,9 @@ VARIANTS: dict[str, Variant] = {
         {"learner": "td3"}, ("ddpg",),
         "TD3 (twin critics, delayed actor updates, target smoothing; Fujimoto et al., 2018) plays the ddpg rows, "
         "with everything else ddpg's default (AMC's settings, warm-up, noise, CMA-ES refinement): the issue's last "
-        "candidate, run before only on the synthetic environments (−0.026 ± 0.016, ddpg_ablation.md), where "
-        "DDPG's overestimating critic is not the bottleneck; on the real cells the reward is noisier"),
+        "candidate, run before only on the synthetic environments (−0.026 ± 0.016, ddpg_ablation.md), three of "
+        "whose four rewards are noise-free; TD3's twin critics and smoothed targets are meant for noisy value "
+        "estimates, which the real cells' reward gives"),
 }
 """The variants ``--variant`` runs, by name."""
 
@@ -375,8 +376,8 @@ class V2Bench(Bench):
         started = time.perf_counter()
         result = search(
             model, self.x, data=self.splits, budget=[f"flops={row.budget}"], agent=s.agent(row.strategy),
-            episodes=s.episodes, criterion=s.criterion, bn_calibration=s.bn_calibration, val_size=s.val_size, seed=row.seed,
-            select_top=s.select_top, select_size=s.select_size, workers=s.workers, reward=s.reward,
+            episodes=s.episodes, criterion=s.criterion, bn_calibration=s.bn_calibration, val_size=s.val_size,
+            seed=row.seed, select_top=s.select_top, select_size=s.select_size, workers=s.workers, reward=s.reward,
             agent_options=dict(s.agent_options), refine_episodes=s.refine_episodes,
             refine_method=s.refine_method, observe_bounds=s.observe_bounds,
         )
