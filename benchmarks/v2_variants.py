@@ -18,7 +18,8 @@ seeds run both ways:
 - held-out top-1 (the 5,000 validation images after the reward's) of the
   best-reward policy at episodes 100 and 200 -- what the search would hand
   back without its final selection;
-- test top-1 after the distilled 2-epoch fine-tune (seed 0 only, as in v2);
+- test top-1 after the distilled 2-epoch fine-tune, seed 0 only on both sides
+  (:data:`benchmarks.v2.VARIANT_FINETUNE_SEEDS`; v2's own page averages 3);
 
 and, per cell, the paired differences pooled over strategies and seeds.
 """
