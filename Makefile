@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/adc search --budget flops=0.5
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	bash benchmarks/ensure_data.sh

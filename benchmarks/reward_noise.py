@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --cache: no v2 cache folder (run `python -m benchmarks.v2 --full` first)", file=sys.stderr)
         return 2
     settings = json.loads((cache / "settings.json").read_text()) if (cache / "settings.json").is_file() else {}
-    val_size, select_size = int(settings.get("val_size", 1000)), int(settings.get("select_size", 5000))
+    val_size, select_size = int(settings.get("val_size") or 1000), int(settings.get("select_size") or 5000)
     measured = [measure(r, val_size) for r in rows(cache)]
     if not measured:
         print(f"error: --cache {cache}: no search row with a final selection", file=sys.stderr)

@@ -118,8 +118,12 @@ class ModelTask:
         latency_table: LatencyTable | None = None,
         energy_model: EnergyModel | None = None,
         source: str = "evaluate",
+        unpruned_metrics: dict[str, float] | None = None,
     ) -> ModelTask:
         """Trace, rank and price the model; resolve the budgets; score the unpruned model.
+
+        ``unpruned_metrics``: the unpruned model's accuracy metrics when the caller already scored it
+        (the search's preflight), so it is not evaluated twice.
 
         Raises:
             AdcError: a model without prunable units, an unreachable budget, or an
@@ -138,7 +142,8 @@ class ModelTask:
         evaluator = Evaluator(pruner, score, bn_images=bn_images, source=source)
         reward_fn = get_reward(reward)
         label = reward_label(reward)
-        original = recorder.record(pruner.graph.channels, evaluator.unpruned())
+        metrics = evaluator.unpruned() if unpruned_metrics is None else unpruned_metrics
+        original = recorder.record(pruner.graph.channels, metrics)
         check_reward(reward_fn, original, label=label)
         return cls(space, resolved, recorder, reward_fn, evaluator, fill_budget, original, label=label)
 

@@ -23,6 +23,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import adc.engine.space
 import adc.run.pipeline
 from adc.analysis.cost import count
 from adc.cli import app, main
@@ -183,6 +184,7 @@ def test_export_onnx(finished_run):
     assert result.exit_code == 0, result.output
     assert (finished_run / "model.onnx").stat().st_size > 0
     assert "max |output - torch output|" in result.output
+    assert "dynamo exporter" in result.output and "onnxruntime at batch 1 and 3" in result.output
 
 
 def test_profile_prints_a_table():
@@ -262,6 +264,71 @@ def test_unreachable_budget_is_refused_with_the_smallest_reachable_value(monkeyp
                             "--out", str(tmp_path / "out"))
     assert_refused(code, err, "flops=0.01", "smallest reachable budget is flops=0.")
     assert not (tmp_path / "out").exists()  # nothing was computed: no half-made run folder either
+
+
+REWARD_PLUGINS = """
+def nan(m):
+    return float("nan")
+
+
+def text(m):
+    return "high"
+
+
+def raises(m):
+    raise ValueError("no such metric")
+"""
+
+REFUSED_ON_THE_MODEL = {
+    "budget-above-1": (["--budget", "flops=1.5"], ["flops=1.5", "unreachable", "a fraction of the original is written below 1"]),
+    "budget-too-small": (["--budget", "flops=0.0001"], ["flops=0.0001", "smallest reachable budget is flops=0."]),
+    "budget-above-the-model": (["--budget", "params=5T"], ["params=5e+12", "nothing to prune"]),
+    "range-point-too-small": (["--budget", "flops=0.0001:0.5", "--episodes", "5"], ["flops=0.0001", "unreachable"]),
+    "reward-nan": (["--reward", "{plugins}:nan"], ["returned nan on the unpruned model's metrics"]),
+    "reward-string": (["--reward", "{plugins}:text"], ["returned str 'high'"]),
+    "reward-raises": (["--reward", "{plugins}:raises"], ["failed on the unpruned model's metrics", "ValueError"]),
+}
+"""Inputs only the model can refuse: refused after a trace and one evaluation, before anything else."""
+
+
+@pytest.mark.parametrize("case", list(REFUSED_ON_THE_MODEL))
+def test_inputs_refused_on_the_model_print_nothing_before_the_error(case, monkeypatch, capsys, tmp_path,
+                                                                    trained_checkpoint):
+    """No round_to probe, no latency table, no progress bar or note: one line on stderr, nothing on stdout."""
+    plugins = tmp_path / "rewards.py"
+    plugins.write_text(REWARD_PLUGINS)
+    flags, fragments = REFUSED_ON_THE_MODEL[case]
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the round_to probe ran before the input was refused")
+
+    monkeypatch.setattr(adc.engine.space, "probe_alignment", no_probe)
+    monkeypatch.setattr(adc.engine.space, "build_latency_table", no_probe)
+    out = tmp_path / "out"
+    code, stdout, err = run_main(monkeypatch, capsys, "search", *[f.format(plugins=plugins) for f in flags],
+                                 "--out", str(out))
+    assert_refused(code, err, *fragments)
+    assert stdout == ""
+    assert not out.exists()
+
+
+def test_inputs_are_refused_before_the_default_model_is_trained(monkeypatch, capsys, tmp_path):
+    """On first use the budget is checked on the untrained architecture: no minutes of training first."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ADC_CACHE_DIR", str(cache))
+    code, stdout, err = run_main(monkeypatch, capsys, "search", "--budget", "params=5T", "--out", str(tmp_path / "o"))
+    assert_refused(code, err, "params=5e+12", "nothing to prune")
+    assert stdout == "" and not list(cache.rglob("*.pt"))
+
+
+def test_a_default_first_search_prints_no_note(monkeypatch, capsys, tmp_path, trained_checkpoint, no_speedup):
+    """The embedded default at default settings: its small validation split and the probe are not news."""
+    code, stdout, err = run_main(monkeypatch, capsys, "search", "--agent", "random", "--episodes", "3",
+                                 "--bn-calibration", "64", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "note:" not in stdout and "Chosen policy" in stdout
+    notes = json.loads((tmp_path / "run" / "policy.json").read_text())["notes"]
+    assert any(n.startswith("round_to auto chose") for n in notes)  # still in the run's record
 
 
 def test_out_of_a_finished_run_is_refused_and_left_untouched(finished_run, monkeypatch, capsys):

@@ -24,7 +24,7 @@ from torch import nn
 from adc.analysis.cost import cost, cost_of_kept, count, kept_vector
 from adc.pruning.criteria import CRITERIA, DATA_CRITERIA
 from adc.utils.errors import AdcError
-from adc.pruning.export import export, onnx_outputs
+from adc.pruning.export import export, export_with, onnx_outputs
 from adc.analysis.graph import ModelGraph, Unit, analyze, find_units
 from adc.inputs.models import build_model
 from adc.pruning.pruner import ChannelPruner, prune
@@ -478,6 +478,33 @@ def test_onnx_export_matches_torch(tmp_path: Path, kind: str) -> None:
     with torch.no_grad():
         expected = pruned(batch).numpy()
     np.testing.assert_allclose(onnx_outputs(path, batch), expected, atol=1e-4, rtol=0)
+
+
+def test_onnx_goes_through_the_dynamo_exporter_with_a_free_batch_axis(tmp_path: Path) -> None:
+    import onnx
+
+    pruned, x = _pruned_for_export("zoo")
+    path, exporter = export_with(pruned, x, tmp_path / "m.onnx")
+    assert exporter == "dynamo"
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["output"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic, not 1
+
+
+def test_a_model_torch_export_cannot_trace_falls_back_and_says_so(tmp_path: Path) -> None:
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) if float(x.sum()) > -1e9 else -self.fc(x)  # a branch on a value: no torch.export
+
+    model, x = DataDependent().eval(), torch.ones(1, 4)
+    path, exporter = export_with(model, x, tmp_path / "m.onnx")
+    assert exporter == "torchscript"
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_outputs(path, x), model(x).numpy(), atol=1e-6)
 
 
 def test_torchscript_export_matches_torch(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED_LAZY = {"ray", "onnxruntime", "onnx", "torchvision", "torch.utils.tensorboard", "sklearn", "optuna", "cma",
-                "tensorboard"}
+                "tensorboard", "onnxscript"}
 """Heavy optional dependencies, the only modules a function may import lazily."""
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import adc
+import adc.engine.evaluation
 import adc.engine.loop as loop_module
 from adc.analysis.cost import count
 from adc.engine.checkpoint import Checkpoint
@@ -340,7 +341,7 @@ def test_final_selection_rescores_the_best_distinct_policies():
 
 
 def test_search_keeps_the_policy_the_final_selection_chose(trained, digits, digits_input, monkeypatch, tmp_path):
-    monkeypatch.setattr(loop_module, "MIN_HOLDOUT", 50)  # digits has a small validation split
+    monkeypatch.setattr(adc.engine.evaluation, "MIN_HOLDOUT", 50)  # digits has a small validation split
     result = adc.search(trained, digits_input, data=digits, budget={"flops": 0.5}, agent="random", episodes=6, seed=0,
                         bn_calibration=128, val_size=60, select_top=4, select_size=200)
     assert 2 <= len(result.selection) <= 4

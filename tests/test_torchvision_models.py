@@ -34,11 +34,16 @@ from odd_models import Flipped, FixedWidth, Slicing
 from torchvision_cases import ALL_MODELS, REFUSED, build, check_model, example, load_in_fresh_process
 
 FAST = {
-    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet", "inception_v3", "mnasnet0_5",
-    "mobilenet_v2", "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf", "resnet18", "resnext50_32x4d",
-    "shufflenet_v2_x0_5", "squeezenet1_1", "swin_t", "swin_v2_t", "vit_b_32",
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "inception_v3", "mobilenet_v2", "resnet18",
+    "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_1", "swin_t", "vit_b_32",
 }  # fmt: skip
-"""One model (two for families with variants that differ in kind) per torchvision module; the rest are slow."""
+"""One model per structure adc must follow: a plain stack with adaptive pooling (AlexNet), residual adds
+(ResNet), grouped convolutions (ResNeXt; RegNet-X has the same), squeeze-excitation with depthwise
+convolutions (EfficientNet; MobileNet-V3, MNASNet and RegNet-Y the same), inverted residuals (MobileNet-V2),
+dense concatenation (DenseNet), multi-branch concatenation (Inception; GoogLeNet the same), channel shuffle
+(ShuffleNet), fire modules (SqueezeNet), layer norm with 7x7 depthwise convolutions (ConvNeXt),
+MultiheadAttention (ViT) and shifted-window attention (Swin; Swin-V2 the same). The rest are slow
+(``pytest -m slow``, and ``benchmarks/torchvision_models.py``)."""
 ODD = str(Path(__file__).with_name("odd_models.py"))
 
 

@@ -20,6 +20,39 @@ def progress_bar(label: str) -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
 
 
+class LazyBar:
+    """One progress bar, drawn at its first update: an input refused before any work leaves no bar behind.
+
+    Args:
+        label: The bar's label.
+        total: Steps in all (episodes).
+    """
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label, self.total = label, total
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def update(self, **fields: Any) -> None:
+        """``completed=``, ``info=``: as ``Progress.update``; the first call draws the bar."""
+        if self._bar is None:
+            self._bar = progress_bar(self.label)
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=self.total, info="")
+        self._bar.update(self._task, **fields)
+
+    def print(self, text: str) -> None:
+        """A line above the bar (or on the console before the bar is drawn)."""
+        (self._bar.console if self._bar is not None else console).print(text, highlight=False)
+
+    def __enter__(self) -> LazyBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
 @contextlib.contextmanager
 def table_progress(label: str = "latency table") -> Iterator[Callable[[int, int, str], None]]:
     """A progress bar; yields a ``(done, total, layer)`` callback for latency-table builds."""

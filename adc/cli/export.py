@@ -22,5 +22,8 @@ def export_command(
 ) -> None:
     """Export a saved model to ONNX or TorchScript and check its outputs against PyTorch."""
     source = model_file(path, finetuned=finetuned)
-    written, max_diff = export_saved(source, format=format, output=output, input_shape=parse_shape(input_shape))
-    console.print(f"exported {source} to {written} ({format}); max |output - torch output| = {max_diff:.2e}", highlight=False)
+    done = export_saved(source, format=format, output=output, input_shape=parse_shape(input_shape))
+    checked = "onnxruntime" if format == "onnx" else "torch.jit.load"
+    console.print(f"exported {source} to {done.path} ({format}, {done.exporter} exporter); {checked} at batch "
+                  f"{' and '.join(map(str, done.batches))}: max |output - torch output| = {done.max_diff:.2e}",
+                  highlight=False)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from adc.cli.console import console, progress_bar, warn
+from adc.cli.console import LazyBar, console, warn
 from adc.engine.result import SearchResult
 from adc.run.config import RunConfig
 from adc.run.folder import RunFolder
@@ -68,9 +68,8 @@ def search_command(
     if settings.iterations > 1:
         _iterate(settings, out_dir, resume is not None, started)
         return
-    with progress_bar("search") as bar:
-        result, folder = run_search(settings, out=out_dir, resume=resume is not None,
-                                    hooks=_bar_hooks(bar, bar.add_task("search", total=settings.search.episodes, info="")))
+    with LazyBar("search", settings.search.episodes) as bar:
+        result, folder = run_search(settings, out=out_dir, resume=resume is not None, hooks=_bar_hooks(bar))
     print_result(result, folder, time.perf_counter() - started)
     if result.interrupted:
         warn("interrupted: the best policy so far and its model were written; "
@@ -81,28 +80,27 @@ def search_command(
 def _iterate(settings: RunConfig, out_dir: Any, resume: bool, started: float) -> None:
     """``--iterations N``: one progress bar over every step's episodes, then the steps' table."""
     total = settings.search.episodes * settings.iterations
-    with progress_bar("search") as bar:
-        run = run_iterations(settings, out=out_dir, resume=resume,
-                             hooks=_bar_hooks(bar, bar.add_task("search", total=total, info="")))
+    with LazyBar("search", total) as bar:
+        run = run_iterations(settings, out=out_dir, resume=resume, hooks=_bar_hooks(bar))
     print_iterations(run, time.perf_counter() - started)
 
 
-def _bar_hooks(bar: Any, task: Any) -> RunHooks:
+def _bar_hooks(bar: LazyBar) -> RunHooks:
     """The run's hooks drawing on the progress bar: episodes, training batches, latency-table layers, notes."""
 
     def episode(record: dict[str, Any], best: dict[str, Any]) -> None:
         m = record["metrics"]
-        bar.update(task, completed=record["episode"] + 1, info=(
+        bar.update(completed=record["episode"] + 1, info=(
             f"best {best['reward']:.4f} | this: acc {100 * m['top1']:.1f}% flops {m['flops_ratio']:.3f} ({record['phase']})"))
 
     def training(done: int, total: int) -> None:
-        bar.update(task, info=f"training the reference model: batch {done}/{total}")
+        bar.update(info=f"training the reference model: batch {done}/{total}")
 
     def table(done: int, total: int, layer: str) -> None:
-        bar.update(task, info=f"measuring latency table {done}/{total}: {layer}")
+        bar.update(info=f"measuring latency table {done}/{total}: {layer}")
 
-    return RunHooks(episode=episode, status=lambda s: bar.console.print(s, highlight=False),
-                    note=lambda s: bar.console.print(f"[yellow]note: {s}", highlight=False), training=training, table=table)
+    return RunHooks(episode=episode, status=bar.print, note=lambda s: bar.print(f"[yellow]note: {s}"),
+                    training=training, table=table)
 
 
 def print_result(result: SearchResult, folder: RunFolder, seconds: float) -> None:

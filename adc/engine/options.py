@@ -93,6 +93,11 @@ def _budget_specs(budget: Any) -> tuple[BudgetSpec, ...]:
     return tuple(b if isinstance(b, BudgetSpec) else parse_budget(str(b)) for b in budget)
 
 
+DEFAULT_VAL_SIZE = 1000
+"""Validation images of the reward when ``val_size`` is not given."""
+DEFAULT_SELECT_SIZE = 5000
+"""Held-out validation images of the final selection when ``select_size`` is not given."""
+
 _RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5})$")
 
 
@@ -115,10 +120,12 @@ class SearchOptions:
             (:mod:`adc.analysis.alignment`).
         min_keep: Smallest kept fraction of any unit.
         bn_calibration: Training images for batch-norm recalibration (0: off).
-        val_size: Validation images the reward is computed on.
+        val_size: Validation images the reward is computed on (None: :data:`DEFAULT_VAL_SIZE`, or all the
+            validation split has when it has fewer; a number given is noted when the split is short of it).
         calibration_size: Training images for data-driven criteria and reconstruction.
         select_top: Best distinct policies re-scored on held-out images at the end (0 or 1: off).
-        select_size: Held-out validation images of that final selection.
+        select_size: Held-out validation images of that final selection (None: up to :data:`DEFAULT_SELECT_SIZE`
+            of those the reward leaves; a search on a small split skips the selection quietly unless this is given).
         reconstruct: Least-squares reconstruction (None: on when training images are given).
         fill_budget: Make every policy use its budget.
         observe_bounds: Tell a learning agent, at every unit, the action interval the budget clipping allows
@@ -150,10 +157,10 @@ class SearchOptions:
     round_to: int | str = "auto"
     min_keep: float = 0.2
     bn_calibration: int = 512
-    val_size: int = 1000
+    val_size: int | None = None
     calibration_size: int = 256
     select_top: int = 8
-    select_size: int = 5000
+    select_size: int | None = None
     reconstruct: bool | None = None
     fill_budget: bool = True
     observe_bounds: bool = False
@@ -213,10 +220,10 @@ class SearchOptions:
         positive = ("episodes", "threads", "latency_batch", "workers", "checkpoint_every", "eval_batch_size",
                     "val_size")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AdcError(f"{flag(name)} {getattr(self, name)}: must be a positive integer")
         for name in ("bn_calibration", "calibration_size", "select_top", "select_size"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise AdcError(f"{flag(name)} {getattr(self, name)}: must be >= 0")
         for name in ("exploit_episodes", "refine_episodes"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
@@ -245,6 +252,16 @@ class SearchOptions:
     def budgets_at(self, point: BudgetSpec | None) -> tuple[BudgetSpec, ...]:
         """The budgets with the range replaced by one of its points (all of them unchanged when there is no range)."""
         return tuple(point if b.is_range and point is not None else b for b in self.budgets)
+
+    @property
+    def reward_images(self) -> int:
+        """The validation images the reward asks for (``val_size``, or its default)."""
+        return DEFAULT_VAL_SIZE if self.val_size is None else self.val_size
+
+    @property
+    def holdout_images(self) -> int:
+        """The held-out images the final selection asks for (``select_size``, or its default)."""
+        return DEFAULT_SELECT_SIZE if self.select_size is None else self.select_size
 
     @property
     def needs_latency_table(self) -> bool:

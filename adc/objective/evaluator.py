@@ -66,6 +66,17 @@ class ValidationScore:
         return ValidationScore(self.images, self.labels, device=device, batch_size=self.batch_size)
 
 
+def score_model(score: Score, model: nn.Module, source: str = "evaluate") -> dict[str, float]:
+    """``score(model)`` as accuracy metrics; AdcError (one line, naming ``source``) if it raises or returns no top-1."""
+    try:
+        value = score(model)
+    except AdcError:
+        raise
+    except Exception as exc:  # the user's function may raise anything
+        raise AdcError(f"{source} failed: {one_line(exc)}") from exc
+    return accuracy_metrics(value, source)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """What one candidate scored: its accuracy metrics and where the time went."""
@@ -118,13 +129,7 @@ class Evaluator:
         return self._score(self.pruner.model)
 
     def _score(self, model: nn.Module) -> dict[str, float]:
-        try:
-            value = self.score(model)
-        except AdcError:
-            raise
-        except Exception as exc:  # the user's function may raise anything
-            raise AdcError(f"{self.source} failed: {one_line(exc)}") from exc
-        return accuracy_metrics(value, self.source)
+        return score_model(self.score, model, self.source)
 
     def with_score(self, score: Score, source: str | None = None) -> Evaluator:
         """The same pruning and recalibration, scored by another function (the final selection's held-out images)."""

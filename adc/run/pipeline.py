@@ -21,10 +21,13 @@ import torch
 from torch import nn
 
 from adc.analysis.cost import count
-from adc.analysis.timers import RUNTIMES, make_timer, measured_speedup, side_by_side
+from adc.analysis.graph import analyze
+from adc.analysis.timers import RUNTIMES, SPEEDUP_TIMING, make_timer, measured_speedup, side_by_side
 from adc.engine.callbacks import ProgressCallback, SearchCallback, TensorBoardCallback
 from adc.engine.front import point_name
 from adc.engine.loop import Search
+from adc.engine.evaluation import validation_score
+from adc.engine.preflight import preflight
 from adc.engine.result import SearchResult
 from adc.inputs.data import DataSplits, example_input, load_data
 from adc.inputs.models import build_model, load_checkpoint
@@ -96,6 +99,27 @@ def _load_model_file(config: RunConfig, built: nn.Module) -> nn.Module:
     return loaded
 
 
+def _trains_first(config: RunConfig) -> bool:
+    """Whether loading the model means training adc's default first (a zoo model not yet cached)."""
+    return (not config.checkpoint and config.model.startswith("zoo:")
+            and not is_trained(config.model, config.data, epochs=DEFAULT_EPOCHS))
+
+
+def check_before_training(config: RunConfig, splits: DataSplits, x: torch.Tensor) -> None:
+    """The budgets and the reward checked on the untrained architecture, before minutes of training.
+
+    A trace without trial pruning (``verify=False``) may list more units than the trained model's
+    analysis keeps, which only makes budgets easier to reach: what it refuses, the real search would
+    refuse too. The reward is checked on the untrained model's record (its accuracy is near chance).
+    """
+    o = config.search
+    model = build_model(config.model, num_classes=splits.num_classes, in_channels=splits.in_channels).eval()
+    graph = analyze(model, x, verify=False)
+    graph.require_units()
+    points = o.front.points() if o.front else [None]
+    preflight(graph, o, model, validation_score(splits, o), source="validation", points=points)
+
+
 def default_out() -> Path:
     """``runs/<date>-<time>``."""
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -139,8 +163,10 @@ def run_search(config: RunConfig, *, out: str | Path | None = None, resume: bool
 def _run(config: RunConfig, folder: RunFolder, *, resume: bool, hooks: RunHooks) -> tuple[SearchResult, RunFolder]:
     started = time.perf_counter()
     splits = load_data(config.data)
-    model = load_model(config, splits, hooks)
     x = example_input(splits)
+    if _trains_first(config):
+        check_before_training(config, splits, x)
+    model = load_model(config, splits, hooks)
     callbacks: list[SearchCallback] = [ProgressCallback(hooks.episode, hooks.note)]
     if config.tensorboard:
         callbacks.append(TensorBoardCallback(folder.tensorboard))
@@ -180,12 +206,16 @@ def measure_speedups(model: nn.Module, pruned: nn.Module, x: torch.Tensor, confi
     """
     o = config.search
     speeds = []
+    original = copy.deepcopy(model).cpu()
     for runtime in RUNTIMES:
+        device = o.device if runtime == "torch" else "cpu"
+        timer = None
         for batch, kind in speed_batches(o.latency_batch):
             try:
-                device = o.device if runtime == "torch" else "cpu"
-                speeds.append({**measured_speedup(model, pruned, x, runtime=runtime, device=device, threads=o.threads,
-                                                  batch=batch), "kind": kind})
+                # One timer per runtime: onnxruntime exports each model once for both batches.
+                timer = timer or make_timer(runtime, device, o.threads, **SPEEDUP_TIMING)
+                speeds.append({**measured_speedup(original if device == "cpu" else model, pruned, x, batch=batch,
+                                                  timer=timer), "kind": kind})
             except Exception as exc:  # an optional report line: never lose the finished search over it
                 speeds.append({"error": one_line(exc), "runtime": runtime, "batch": batch, "kind": kind})
     return speeds
