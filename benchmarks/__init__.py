@@ -1,7 +1,8 @@
-"""The Fashion-MNIST benchmark: does the searched policy beat uniform, random and sensitivity pruning,
-and is the pruned model really faster on this machine's CPUs?
+"""adc's benchmarks: one harness (cells x variants, one runner, one reporter) and the suites it runs.
 
-Run it with ``python -m benchmarks.run --full`` (``make bench``) or ``--quick``
-(``make bench-quick``); see :mod:`benchmarks.run` for what each mode runs and
-``benchmarks/results/`` for the committed results.
+``python -m benchmarks --list`` names the suites; ``python -m benchmarks SUITE``
+runs one (``make bench SUITE=...``), caching every row so a run resumes, and
+writes ``benchmarks/results/SUITE.md`` and ``.csv``. See
+:mod:`benchmarks.harness` (what a row measures), :mod:`benchmarks.suites` (the
+suites, as data) and :mod:`benchmarks.reporter` (the page).
 """

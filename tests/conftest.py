@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from torch import nn
 
 from adc.inputs.data import DataSplits, load_data
@@ -35,7 +36,13 @@ TEST_EPOCHS = 8
 @pytest.fixture(scope="session")
 def adc_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``$ADC_CACHE_DIR`` for the session: ``$ADC_TEST_CACHE_DIR`` if set, else a fresh temporary folder."""
-    path = Path(os.environ.get("ADC_TEST_CACHE_DIR") or tmp_path_factory.mktemp("adc-cache"))
+    shared = os.environ.get("ADC_TEST_CACHE_DIR")
+    if shared:
+        path = Path(shared)
+    elif os.environ.get("PYTEST_XDIST_WORKER"):  # one folder for every xdist worker of this run: trained once
+        path = tmp_path_factory.getbasetemp().parent / "adc-cache"
+    else:
+        path = tmp_path_factory.mktemp("adc-cache")
     path.mkdir(parents=True, exist_ok=True)
     old = os.environ.get("ADC_CACHE_DIR")
     os.environ["ADC_CACHE_DIR"] = str(path)
@@ -55,10 +62,11 @@ def digits() -> DataSplits:
 @pytest.fixture(scope="session")
 def trained_checkpoint(adc_cache_dir: Path) -> Path:
     """State dict of the embedded default model (``TEST_EPOCHS``), also where ``adc search`` looks for it."""
-    path = ensure_trained(DEFAULT_MODEL, DEFAULT_DATA, epochs=TEST_EPOCHS, seed=0)
-    default = cache_path(DEFAULT_MODEL, DEFAULT_DATA, epochs=DEFAULT_EPOCHS, seed=0)
-    if not default.is_file():
-        shutil.copyfile(path, default)
+    with FileLock(str(adc_cache_dir / "trained.lock")):  # xdist workers wait for the first one's training
+        path = ensure_trained(DEFAULT_MODEL, DEFAULT_DATA, epochs=TEST_EPOCHS, seed=0)
+        default = cache_path(DEFAULT_MODEL, DEFAULT_DATA, epochs=DEFAULT_EPOCHS, seed=0)
+        if not default.is_file():
+            shutil.copyfile(path, default)
     return path
 
 
