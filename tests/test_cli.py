@@ -187,6 +187,31 @@ def test_export_onnx(finished_run):
     assert "dynamo exporter" in result.output and "onnxruntime at batch 1 and 3" in result.output
 
 
+def test_export_quantized_reports_what_onnxruntime_measured_of_the_file(finished_run, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    from adc.inputs.data import load_data
+    from adc.pruning.quantize import onnx_accuracy
+
+    result = invoke("export", str(finished_run), "--quantize", "auto")
+    assert result.exit_code == 0, result.output
+    written = finished_run / "model.int8.onnx"
+    summary = json.loads((finished_run / "model.int8.json").read_text())
+    assert summary["output"] == str(written) and written.stat().st_size == summary["size_bytes_int8"]
+    assert summary["size_bytes_int8"] < summary["size_bytes_fp32"]
+    assert onnx_accuracy(written, load_data("digits").test)["top1"] == summary["test_top1_int8"]  # of the file
+    assert summary["latency_s_int8"] <= summary["latency_s_fp32"]  # auto is never slower than fp32, as measured
+    assert f"{100 * summary['test_top1_int8']:.2f}%" in result.output and "side by side" in result.output
+    for flags, fragment in ((["--quantize", "int4"], "valid: int8, auto"),
+                            (["--quantize", "int8", "--format", "torchscript"], "--quantize writes ONNX")):
+        code, _, err = run_main(monkeypatch, capsys, "export", str(finished_run), *flags)
+        assert_refused(code, err, fragment)
+
+
+def test_export_quantized_of_a_bare_model_file_asks_for_its_data(finished_run, monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "export", str(finished_run / "model.pt"), "--quantize", "int8")
+    assert_refused(code, err, "needs its data", "--data")
+
+
 def test_profile_prints_a_table():
     result = invoke("profile", "--model", "zoo:resnet20")
     assert result.exit_code == 0, result.output

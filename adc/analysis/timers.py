@@ -222,18 +222,21 @@ class OnnxTimer(Timer):
         self._configure(warmup=warmup, repeats=repeats, min_sample=min_sample, statistic=statistic,
                         max_seconds=max_seconds, clock=clock)
 
-    def session(self, module: nn.Module, x: torch.Tensor) -> Any:
-        """An onnxruntime session running ``module`` (exported at ``x``'s shape)."""
+    def session(self, module: nn.Module | bytes, x: torch.Tensor) -> Any:
+        """An onnxruntime session running ``module`` (exported at ``x``'s shape), or ONNX bytes as they are."""
         # The exporter of adc export, with its free batch axis: the graph timed is the graph a user deploys.
         # One export per module (several batch sizes of the same model share it; exporting takes seconds).
-        program = self._programs.get(module)
-        if program is None:
-            program = self._programs[module] = onnx_program(module.cpu(), x.cpu())
+        if isinstance(module, bytes):
+            data = module
+        else:
+            data = self._programs.get(module)
+            if data is None:
+                data = self._programs[module] = onnx_program(module.cpu(), x.cpu()).data
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        return self._ort.InferenceSession(program.data, options, providers=["CPUExecutionProvider"])
+        return self._ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
     def time(self, module: nn.Module, x: torch.Tensor) -> float:
         return self.runner(module, x)()

@@ -105,16 +105,7 @@ def export_saved(
         raise AdcError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
     path = Path(path)
     model_file = path / "model.pt" if path.is_dir() else path
-    header, _ = read_header(model_file)
-    shape = None
-    if input_shape is not None:
-        shape = [1, *input_shape]
-    elif header.get("pruning"):
-        shape = header["pruning"]["example_shape"]
-    elif header.get("meta", {}).get("example_shape"):
-        shape = header["meta"]["example_shape"]
-    if shape is None:
-        raise AdcError(f"{str(model_file)!r} does not record its input shape; pass --input-shape C,H,W")
+    shape = saved_input_shape(model_file, input_shape)
     model = load(model_file).eval()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, *shape[1:], generator=gen)
@@ -132,6 +123,22 @@ def export_saved(
                            f"PyTorch {expected.shape}")
         diff = max(diff, float(np.abs(got - expected).max()))
     return Exported(dest, diff, exporter, batches)
+
+
+def saved_input_shape(model_file: Path, input_shape: tuple[int, ...] | None = None) -> list[int]:
+    """The input shape (batch first) a model file written by adc records, or ``input_shape`` (C, H, W) when given.
+
+    Raises:
+        AdcError: when neither says it.
+    """
+    header, _ = read_header(model_file)
+    if input_shape is not None:
+        return [1, *input_shape]
+    if header.get("pruning"):
+        return list(header["pruning"]["example_shape"])
+    if header.get("meta", {}).get("example_shape"):
+        return list(header["meta"]["example_shape"])
+    raise AdcError(f"{str(model_file)!r} does not record its input shape; pass --input-shape C,H,W")
 
 
 def _torchscript_outputs(path: Path, inputs: torch.Tensor) -> np.ndarray:
