@@ -101,6 +101,9 @@ class Settings:
     prepare_epochs: int = 2               # Variant.prepare fine-tunes
     prepare_samples: int | None = 20000
     prepare_lr: float = 0.01
+    quantize: tuple[str, ...] = ()        # after pruning (and fine-tuning): int8 (every layer) and/or auto (int8
+                                          # where faster), measured on onnxruntime against the unpruned fp32 graph
+    calibration_images: int = 256
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,7 @@ class Runner:
         self.cache.mkdir(parents=True, exist_ok=True)
         self._splits: Any = None
         self._models: dict[tuple[str, str | None], tuple[Any, Any, dict[str, Any]]] = {}
+        self._unpruned_graphs: dict[int, tuple[bytes, bytes]] = {}  # id(unpruned model) -> fp32 and int8 ONNX
 
     @property
     def splits(self) -> Any:
@@ -296,9 +300,10 @@ class Runner:
             "kept_fraction": {u.name: result.kept[u.name] / u.channels for u in result.graph.units},
             "best_reward": [h["best_reward"] for h in history],
         })
+        final = pruned  # what the quantization starts from: the fine-tuned model when there is one
         if trained and s.finetune_epochs:
             t0 = time.perf_counter()
-            _, records = finetune(pruned, self.splits, teacher=model if s.distill else None, epochs=s.finetune_epochs,
+            final, records = finetune(pruned, self.splits, teacher=model if s.distill else None, epochs=s.finetune_epochs,
                                   lr=s.finetune_lr, seed=row.seed, train_samples=s.finetune_samples)
             out.update(test_top1_finetuned=kept_epoch(records)["test_top1"], finetune_s=time.perf_counter() - t0)
         for runtime in s.runtimes:
@@ -306,7 +311,50 @@ class Runner:
             out[f"{runtime}_speedup"] = speed["speedup"]
             out[f"{runtime}_pruned_ms"] = 1e3 * speed["pruned_s"]
             out[f"{runtime}_original_ms"] = 1e3 * speed["original_s"]
+        if s.quantize:
+            out.update(self.measure_quantized(model, final, x, trained))
         out["row_s"] = time.perf_counter() - started
+        return out
+
+    def measure_quantized(self, model: Any, final: Any, x: Any, trained: bool) -> dict[str, Any]:
+        """The final model in int8 (every layer, and/or where faster), timed on onnxruntime beside the unpruned and
+        the pruned fp32 graphs (batch 1, one thread), with its test top-1 and size measured on the ONNX files."""
+        import torch
+
+        from adc.analysis.qdq import QdqBuilder
+        from adc.analysis.timers import SPEEDUP_TIMING, OnnxTimer, side_by_side
+        from adc.inputs.calibration import fixed_images
+        from adc.pruning.quantize import choose_precisions, onnx_accuracy
+
+        s = self.settings
+        images = (fixed_images(self.splits.train, s.calibration_images, seed=0) if trained
+                  else torch.randn(8, *x.shape[1:], generator=torch.Generator().manual_seed(0)))
+        builder = QdqBuilder(final, x, images)
+        if id(model) not in self._unpruned_graphs:  # the unpruned fp32 graph, and int8 alone (no pruning): the
+            reference = QdqBuilder(model, x, images)  # rival a pruned int8 model must beat
+            self._unpruned_graphs[id(model)] = (reference.fp32, reference.program().data)
+        unpruned, unpruned_int8 = self._unpruned_graphs[id(model)]
+        graphs: dict[str, bytes] = {"fp32": builder.fp32, "unpruned_int8": unpruned_int8}
+        out: dict[str, Any] = {}
+        for mode in s.quantize:
+            t0 = time.perf_counter()
+            if mode == "int8":
+                program = builder.program()
+            else:
+                program = choose_precisions(final, x, images, builder=builder).program
+            graphs[mode] = program.data
+            out[f"{mode}_fp32_layers"] = list(program.fp32_layers)
+            out[f"{mode}_quantize_s"] = time.perf_counter() - t0
+        names = list(graphs)
+        timed = side_by_side(OnnxTimer("cpu", 1, **SPEEDUP_TIMING), unpruned, [graphs[n] for n in names], x,
+                             rounds=s.timing_rounds)
+        for name, ratio in zip(names, timed.ratios):
+            out[f"ort_{name}_speedup"] = 1.0 / ratio
+            out[f"ort_{name}_size_ratio"] = len(graphs[name]) / len(unpruned)
+            if trained and name != "fp32":
+                out[f"test_top1_{name}"] = onnx_accuracy(graphs[name], self.splits.test)["top1"]
+        if trained:
+            out["test_top1_ort_fp32"] = onnx_accuracy(graphs["fp32"], self.splits.test)["top1"]
         return out
 
     def measure_synthetic(self, row: Row) -> dict[str, Any]:

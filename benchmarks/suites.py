@@ -196,6 +196,24 @@ register(Suite(
     "ddpg-1-worker", Settings(episodes=100, seeds=1)))
 
 
+_QUANTIZE = Settings(episodes=60, seeds=1, quantize=("int8", "auto"), timing_rounds=5)
+_AUTO_NOT_SLOWER = Goal("int8 where faster (auto) never slower than the pruned fp32 graph (5% timing tolerance)",
+                        lambda r: None if "ort_auto_speedup" not in r
+                        else r["ort_auto_speedup"] >= 0.95 * r["ort_fp32_speedup"])
+register(Suite(
+    "quantize", "What does int8 (onnxruntime, static QDQ) add to pruning on the Fashion-MNIST zoo nets: every layer "
+                "in int8 against int8 only where measured faster, before fine-tuning, beside int8 alone (no pruning)? "
+                "Speedups against the unpruned fp32 graph.",
+    grid(("zoo:plain20", "zoo:mobilenet"), ("flops=0.5", "flops=0.3")),
+    (UNIFORM, Variant("ddpg", "ddpg", seeded=False, note=DDPG.note)), "uniform", _QUANTIZE,
+    goals=(_AUTO_NOT_SLOWER,)))
+register(Suite(
+    "quantize-speed", "The same on torchvision's resnet18 and mobilenet_v2 at 224 px (random weights: speed and size "
+                      "only), the uniform policy that meets each budget.",
+    grid(("torchvision:resnet18", "torchvision:mobilenet_v2"), ("flops=0.5", "flops=0.3")), (UNIFORM,), "uniform",
+    _QUANTIZE, goals=(_AUTO_NOT_SLOWER,)))
+
+
 def suite(name: str) -> Suite:
     """The suite called ``name``; a one-line error naming the valid ones otherwise."""
     from adc.utils.errors import AdcError

@@ -101,7 +101,7 @@ def test_a_model_suite_measures_the_model_it_hands_back(tmp_path, trained_checkp
               (Variant("uniform", "uniform", seeded=False), Variant("random", "random")), "uniform",
               Settings(data="digits", train_epochs=TEST_EPOCHS, episodes=3, seeds=1, val_size=200, bn_calibration=64,
                        select_top=0, select_size=None, finetune_epochs=1, finetune_samples=200, runtimes=("torch",),
-                       timing_rounds=1))
+                       timing_rounds=1, quantize=("int8",), calibration_images=64))
     records = Runner(s, cache=tmp_path / "cache", log=lambda m: None).run()
     assert [r["variant"] for r in records] == ["uniform", "random"]
     for r in records:
@@ -109,7 +109,9 @@ def test_a_model_suite_measures_the_model_it_hands_back(tmp_path, trained_checkp
         assert r["flops_ratio"] <= 0.5 + 1e-3  # the budget, counted on the model handed back
         assert 0.0 < r["test_top1_pruned"] <= 1.0 and 0.0 < r["test_top1_finetuned"] <= 1.0
         assert r["torch_speedup"] > 0 and r["episodes"] >= 1
+        assert r["ort_int8_size_ratio"] < r["ort_fp32_size_ratio"] < 1.0  # measured on the files
+        assert abs(r["test_top1_int8"] - r["test_top1_ort_fp32"]) < 0.05 and r["test_top1_unpruned_int8"] > 0.5
     saved = json.loads(next((tmp_path / "cache").glob("plain20-flops0.5-random-s0-*.json")).read_text())
     assert saved == records[1]
     md, _ = write_page(s, records, command="test", elapsed_s=1.0, out_dir=tmp_path)
-    assert "random" in md.read_text() and "torch speedup" in md.read_text()
+    assert "random" in md.read_text() and "torch speedup" in md.read_text() and "ORT int8 speedup" in md.read_text()

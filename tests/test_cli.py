@@ -212,6 +212,14 @@ def test_export_quantized_of_a_bare_model_file_asks_for_its_data(finished_run, m
     assert_refused(code, err, "needs its data", "--data")
 
 
+def test_profile_precision_times_every_layer_in_both_precisions():
+    pytest.importorskip("onnxruntime")
+    result = invoke("profile", "--model", "zoo:plain20", "--input-shape", "1,8,8", "--precision")
+    assert result.exit_code == 0, result.output
+    assert "precision per layer" in result.output and "features.0.0" in result.output and " fc " in result.output
+    assert "every layer int8" in result.output and "the faster per layer" in result.output
+
+
 def test_profile_prints_a_table():
     result = invoke("profile", "--model", "zoo:resnet20")
     assert result.exit_code == 0, result.output

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from adc.cli.console import console, no_progress, table_progress
-from adc.run.inspect import parse_shape, profile_spec
+from adc.pruning.quantize import PrecisionChoice
+from adc.run.inspect import parse_shape, precision_profile, profile_spec
 from adc.utils.formatting import energy, human, seconds
 
 
@@ -24,6 +25,7 @@ def profile_command(
     threads: Annotated[int, typer.Option(help="CPU threads of the latency timings (default 1, as adc search).")] = 1,
     batch: Annotated[int, typer.Option(help="Batch size of the latency timings.")] = 1,
     cache_dir: Annotated[str | None, typer.Option(help="Latency table cache folder.")] = None,
+    precision: Annotated[bool, typer.Option("--precision", help="Also time every convolution and linear layer in fp32 and in int8 (static QDQ on onnxruntime, inside the model) and show the faster.")] = False,
 ) -> None:
     """Print one row per prunable unit: kind, channels, feature map, MACs, params and energy (and latency) with shares."""
     with table_progress() if latency else no_progress() as update:
@@ -52,3 +54,27 @@ def profile_command(
                   "shares overlap.", highlight=False)
     for name, reason in prof.excluded:
         console.print(f"not a prunable unit: {name}: {reason}", highlight=False)
+    if precision:
+        with console.status("timing every layer in fp32 and int8 on onnxruntime"):
+            choice = precision_profile(model, data=data, input_shape=parse_shape(input_shape),
+                                       num_classes=num_classes, threads=threads)
+        _print_precisions(choice, threads)
+
+
+def _print_precisions(choice: PrecisionChoice, threads: int) -> None:
+    """One row per layer: what its int8 saves inside the all-int8 model, and the precision chosen."""
+    table = Table(title="precision per layer (onnxruntime, batch 1, static int8 QDQ against fp32, timed in the model)")
+    for col in ("#", "layer", "int8 saves", "precision"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    precisions = choice.precisions
+    for i, (name, saved) in enumerate(choice.savings.items()):
+        table.add_row(str(i), name, f"{1e3 * saved:+.3f} ms", precisions[name])
+    if choice.savings:
+        console.print(table)
+    if choice.note:
+        console.print(f"one precision for the whole model: {choice.note}", highlight=False)
+    console.print(f"whole model, {threads} thread(s), side by side: fp32 {1e3 * choice.fp32_s:.3f} ms, every layer "
+                  f"int8 {1e3 * choice.int8_s:.3f} ms ({choice.fp32_s / choice.int8_s:.2f}x), the faster per layer "
+                  f"{1e3 * choice.chosen_s:.3f} ms ({choice.fp32_s / choice.chosen_s:.2f}x); int8 saves: the model "
+                  "with that layer alone in fp32 minus the all-int8 model (negative: int8 slows that layer)",
+                  highlight=False)

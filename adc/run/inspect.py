@@ -19,9 +19,11 @@ from adc.analysis.latency import LatencyTable, build_latency_table
 from adc.analysis.profile import Profile, profile
 from adc.analysis.space import PolicySpace
 from adc.analysis.timers import RUNTIMES
+from adc.inputs.calibration import fixed_images
 from adc.inputs.data import example_input, load_data
 from adc.inputs.models import build_model
 from adc.pruning.pruner import ChannelPruner
+from adc.pruning.quantize import PrecisionChoice, choose_precisions
 from adc.utils.device import check_device
 from adc.utils.errors import AdcError
 
@@ -101,3 +103,21 @@ def profile_spec(spec: str, *, data: str | None = None, input_shape: tuple[int, 
     else:
         graph = analyze(model, x)
     return profile(graph, energy_model=em, latency_table=table)
+
+
+def precision_profile(spec: str, *, data: str | None = None, input_shape: tuple[int, ...] | None = None,
+                      num_classes: int | None = None, threads: int = 1) -> PrecisionChoice:
+    """Each layer of ``spec``'s model timed in fp32 and in int8 (static QDQ) on onnxruntime, in context.
+
+    Calibration images are the data's training images when ``data`` is given,
+    else seeded random inputs (a layer's speed depends on its shapes only).
+    """
+    if threads < 1:
+        raise AdcError(f"--threads {threads}: must be a positive integer")
+    model, x = model_and_input(spec, data=data, input_shape=input_shape, num_classes=num_classes)
+    if data is not None:
+        images = fixed_images(load_data(data).train, 64, seed=0)
+    else:
+        images = torch.randn(16, *x.shape[1:], generator=torch.Generator().manual_seed(0))
+    return choose_precisions(model, torch.randn(x.shape, generator=torch.Generator().manual_seed(1)), images,
+                             threads=threads)
