@@ -271,17 +271,18 @@ class Runner:
         s = self.settings
         model, x, reference = self.model(row.cell.model, row.variant.prepare)
         trained = reference["test_top1"] is not None
-        options = {"budget": [row.cell.budget], "episodes": s.episodes, "seed": row.seed, "workers": s.workers,
-                   "select_top": s.select_top if trained else 0, "cache_dir": str(self.cache / "latency"),
-                   **row.variant.search_options()}
+        options: dict[str, Any] = {"budget": [row.cell.budget], "episodes": s.episodes, "seed": row.seed,
+                                   "workers": s.workers, "select_top": s.select_top if trained else 0,
+                                   "cache_dir": str(self.cache / "latency")}
         if trained:
             options.update(data=self.splits, val_size=s.val_size, select_size=s.select_size,
                            bn_calibration=s.bn_calibration)
-        else:  # random weights: speed only, the uniform policy that meets the budget
+        options.update(row.variant.search_options())  # the variant's settings over the suite's
+        if not trained:  # random weights: speed only, the uniform policy that meets the budget
             options.update(evaluate=lambda m: 0.0, bn_calibration=0, reconstruct=False, agent="uniform", episodes=1)
         out: dict[str, Any] = {"model": row.cell.model, "budget": row.cell.budget, "variant": row.variant.name,
-                               "seed": row.seed, "agent": options["agent"], "options": dict(row.variant.options), "input": "x".join(map(str, x.shape[1:])),
-                               "test_top1_unpruned": reference["test_top1"]}
+                               "seed": row.seed, "agent": options["agent"], "options": dict(row.variant.options),
+                               "input": "x".join(map(str, x.shape[1:])), "test_top1_unpruned": reference["test_top1"]}
         started = time.perf_counter()
         try:
             result = adc.search(model, x, **options)
@@ -303,8 +304,9 @@ class Runner:
         final = pruned  # what the quantization starts from: the fine-tuned model when there is one
         if trained and s.finetune_epochs:
             t0 = time.perf_counter()
-            final, records = finetune(pruned, self.splits, teacher=model if s.distill else None, epochs=s.finetune_epochs,
-                                  lr=s.finetune_lr, seed=row.seed, train_samples=s.finetune_samples)
+            final, records = finetune(pruned, self.splits, teacher=model if s.distill else None,
+                                      epochs=s.finetune_epochs, lr=s.finetune_lr, seed=row.seed,
+                                      train_samples=s.finetune_samples)
             out.update(test_top1_finetuned=kept_epoch(records)["test_top1"], finetune_s=time.perf_counter() - t0)
         for runtime in s.runtimes:
             speed = measured_speedup(model, pruned, x, runtime=runtime, threads=1, batch=1, rounds=s.timing_rounds)

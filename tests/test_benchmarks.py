@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from adc.agents import AGENTS
 from adc.engine.options import SearchOptions
@@ -115,3 +116,23 @@ def test_a_model_suite_measures_the_model_it_hands_back(tmp_path, trained_checkp
     assert saved == records[1]
     md, _ = write_page(s, records, command="test", elapsed_s=1.0, out_dir=tmp_path)
     assert "random" in md.read_text() and "torch speedup" in md.read_text() and "ORT int8 speedup" in md.read_text()
+
+
+def test_a_variants_setting_wins_over_the_suites(tmp_path, monkeypatch) -> None:
+    """``ddpg-no-bn-recal`` must search without BN recalibration although the suite recalibrates."""
+    import adc
+
+    seen: dict = {}
+
+    def fake_search(model, x, **options):
+        seen.update(options)
+        raise adc.AdcError("stop here")
+
+    monkeypatch.setattr(adc, "search", fake_search)
+    s = Suite("t", "?", (Cell("zoo:plain20", "flops=0.5"),), (Variant("v", "ddpg", (("bn_calibration", 0),)),), "v",
+              Settings(data="digits", train_epochs=TEST_EPOCHS, bn_calibration=512))
+    runner = Runner(s, cache=tmp_path, log=lambda m: None)
+    x = torch.zeros(1, 1, 8, 8)
+    monkeypatch.setattr(runner, "model", lambda spec, prepare=None: (None, x, {"test_top1": 0.9}))
+    record = runner.measure(s.rows()[0])
+    assert seen["bn_calibration"] == 0 and seen["agent"] == "ddpg" and "stop here" in record["error"]
