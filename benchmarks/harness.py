@@ -105,6 +105,14 @@ class Settings:
                                           # where faster), measured on onnxruntime against the unpruned fp32 graph
     calibration_images: int = 256
 
+    def keyed(self) -> dict[str, Any]:
+        """The fields a row's numbers depend on: the quantization's only when the suite quantizes (so adding a
+        setting that does not apply keeps the rows already measured)."""
+        fields = dataclasses.asdict(self)
+        if not self.quantize:
+            del fields["quantize"], fields["calibration_images"]
+        return fields
+
 
 @dataclass(frozen=True)
 class Goal:
@@ -160,7 +168,7 @@ class Row:
 
     def key(self, settings: Settings) -> str:
         """A readable name and a hash of everything that changes the row's numbers (the note does not)."""
-        spec = {"cell": dataclasses.asdict(self.cell), "seed": self.seed, "settings": dataclasses.asdict(settings),
+        spec = {"cell": dataclasses.asdict(self.cell), "seed": self.seed, "settings": settings.keyed(),
                 "variant": {k: v for k, v in dataclasses.asdict(self.variant).items() if k not in ("name", "note")}}
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
         budget = self.cell.budget.replace("=", "")

@@ -197,7 +197,9 @@ def write_page(suite: Suite, records: list[dict[str, Any]], *, command: str, ela
     if notes:
         lines += ["## Variants", "", *notes, ""]
     lines += ["## How it was run", "",
-              f"- `{command}`, {elapsed_s / 60:.1f} min, {time.strftime('%Y-%m-%d')}",
+              f"- `{command}` on {time.strftime('%Y-%m-%d')}, {elapsed_s / 60:.1f} min; the rows took "
+              f"{sum(r.get('row_s', r.get('search_s', 0.0)) for r in records) / 60:.1f} min measuring "
+              "(their own timings, summed: a page rebuilt with --report-only reads them from the cache)",
               f"- Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
               f"Python {platform.python_version()}, torch {torch.__version__}",
               f"- Settings: {', '.join(f'{k}={v}' for k, v in vars(s).items())}", ""]

@@ -58,6 +58,11 @@ def test_a_row_is_found_again_exactly_when_what_changes_its_numbers_is_the_same(
                Row(cell, Variant("ddpg", "ddpg", (("reward", "loss"),)), 0).key(settings),
                row.key(dataclasses.replace(settings, episodes=100))]
     assert row.key(settings) not in changed and len(set(changed)) == len(changed)
+    # a setting that does not apply to the rows keeps their key; once it applies, it counts
+    assert row.key(dataclasses.replace(settings, calibration_images=64)) == row.key(settings)
+    quantized = dataclasses.replace(settings, quantize=("int8",))
+    assert row.key(quantized) != row.key(settings)
+    assert row.key(dataclasses.replace(quantized, calibration_images=64)) != row.key(quantized)
 
 
 def _rows(values: list[float], variant: str) -> list[dict]:
